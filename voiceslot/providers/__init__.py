@@ -1,0 +1,1 @@
+"""Provider adapters behind one interface (``base.Provider``) and its error taxonomy."""

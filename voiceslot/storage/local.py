@@ -1,0 +1,96 @@
+"""Local filesystem storage: the embedded default."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import tempfile
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+from voiceslot.errors import NotFound
+from voiceslot.storage.base import StoredObject, validate_key
+
+
+class LocalStorage:
+    """Objects are files under ``root``; writes go to a temporary file in the same
+    directory and are renamed into place, so a crash never leaves half a file behind."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root.resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def path_of(self, key: str) -> Path:
+        path = (self.root / validate_key(key)).resolve()
+        # validate_key already forbids "..": this guards symlinks planted inside the root.
+        if not path.is_relative_to(self.root):
+            raise NotFound("object", key)
+        return path
+
+    def _put_sync(self, key: str, data: bytes) -> StoredObject:
+        path = self.path_of(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".part")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        return self._stat(key, path)
+
+    def _stat(self, key: str, path: Path) -> StoredObject:
+        st = path.stat()
+        return StoredObject(key, st.st_size, datetime.fromtimestamp(st.st_mtime, UTC))
+
+    async def put(self, key: str, data: bytes) -> StoredObject:
+        return await asyncio.to_thread(self._put_sync, key, data)
+
+    async def get(self, key: str) -> bytes:
+        path = self.path_of(key)
+        try:
+            return await asyncio.to_thread(path.read_bytes)
+        except FileNotFoundError:
+            raise NotFound("object", key) from None
+
+    async def stream(self, key: str, *, chunk_size: int = 256 * 1024) -> AsyncIterator[bytes]:
+        path = self.path_of(key)
+        try:
+            f = await asyncio.to_thread(open, path, "rb")
+        except FileNotFoundError:
+            raise NotFound("object", key) from None
+        try:
+            while chunk := await asyncio.to_thread(f.read, chunk_size):
+                yield chunk
+        finally:
+            f.close()
+
+    async def delete(self, key: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            await asyncio.to_thread(self.path_of(key).unlink)
+
+    async def exists(self, key: str) -> bool:
+        return await asyncio.to_thread(self.path_of(key).is_file)
+
+    async def list(self, prefix: str = "") -> AsyncIterator[StoredObject]:
+        def scan() -> list[StoredObject]:
+            found = []
+            for path in sorted(self.root.rglob("*")):
+                if not path.is_file() or path.name.startswith(".tmp-"):
+                    continue
+                key = path.relative_to(self.root).as_posix()
+                if key.startswith(prefix):
+                    found.append(self._stat(key, path))
+            return found
+
+        for obj in await asyncio.to_thread(scan):
+            yield obj
+
+    async def download_url(self, key: str, *, ttl_s: int) -> str | None:
+        return None
