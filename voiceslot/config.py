@@ -230,7 +230,10 @@ class Settings(BaseSettings):
 
     @property
     def allocator_database_url(self) -> str:
-        return self.allocator.database_url or f"sqlite+aiosqlite:///{self.data_dir / 'allocator.sqlite3'}"
+        return (
+            self.allocator.database_url
+            or f"sqlite+aiosqlite:///{self.data_dir / 'allocator.sqlite3'}"
+        )
 
     @property
     def synth_database_url(self) -> str:

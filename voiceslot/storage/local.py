@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-from voiceslot.errors import NotFound
+from voiceslot.errors import InvalidArgument, NotFound
 from voiceslot.storage.base import StoredObject, validate_key
 
 
@@ -29,9 +29,21 @@ class LocalStorage:
             raise NotFound("object", key)
         return path
 
+    def _file_of(self, key: str) -> Path:
+        """The path of an existing object; a directory (a key prefix) is not an object."""
+        path = self.path_of(key)
+        if not path.is_file():
+            raise NotFound("object", key)
+        return path
+
     def _put_sync(self, key: str, data: bytes) -> StoredObject:
         path = self.path_of(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise InvalidArgument("key", f"{key!r} lies under an existing object") from None
+        if path.is_dir():
+            raise InvalidArgument("key", f"{key!r} is a prefix of existing objects")
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".part")
         try:
             with os.fdopen(fd, "wb") as f:
@@ -53,14 +65,14 @@ class LocalStorage:
         return await asyncio.to_thread(self._put_sync, key, data)
 
     async def get(self, key: str) -> bytes:
-        path = self.path_of(key)
+        path = self._file_of(key)
         try:
             return await asyncio.to_thread(path.read_bytes)
-        except FileNotFoundError:
+        except FileNotFoundError:  # deleted between the check and the read
             raise NotFound("object", key) from None
 
     async def stream(self, key: str, *, chunk_size: int = 256 * 1024) -> AsyncIterator[bytes]:
-        path = self.path_of(key)
+        path = self._file_of(key)
         try:
             f = await asyncio.to_thread(open, path, "rb")
         except FileNotFoundError:
@@ -72,16 +84,23 @@ class LocalStorage:
             f.close()
 
     async def delete(self, key: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            await asyncio.to_thread(self.path_of(key).unlink)
+        path = self.path_of(key)
+        if path.is_file():
+            with contextlib.suppress(FileNotFoundError):
+                await asyncio.to_thread(path.unlink)
 
     async def exists(self, key: str) -> bool:
         return await asyncio.to_thread(self.path_of(key).is_file)
 
     async def list(self, prefix: str = "") -> AsyncIterator[StoredObject]:
+        # Walk only the directory the prefix names, not the whole tree.
+        base = self.root / prefix.rsplit("/", 1)[0] if "/" in prefix else self.root
+
         def scan() -> list[StoredObject]:
             found = []
-            for path in sorted(self.root.rglob("*")):
+            if not base.is_dir():
+                return found
+            for path in sorted(base.rglob("*")):
                 if not path.is_file() or path.name.startswith(".tmp-"):
                     continue
                 key = path.relative_to(self.root).as_posix()
@@ -93,4 +112,5 @@ class LocalStorage:
             yield obj
 
     async def download_url(self, key: str, *, ttl_s: int) -> str | None:
+        validate_key(key)
         return None

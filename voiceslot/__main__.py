@@ -1,0 +1,3 @@
+from voiceslot.cli.main import main
+
+main()

@@ -1,0 +1,1 @@
+"""gRPC plumbing shared by both services: error mapping, interceptors, server runner."""

@@ -1,0 +1,308 @@
+"""One server interceptor that wraps every handler with the cross-cutting concerns, in
+this order: request id → authentication → admin check → rate limit → logging, metrics
+and error mapping.
+
+grpc.aio interceptors only see the method name and metadata before the call; to bind
+log context for the handler's whole run and to map its exceptions, each RpcMethodHandler
+is rebuilt around a wrapped behaviour. Request deserializers are wrapped too: protobuf
+raises on malformed bytes (invalid UTF-8 in a string field, say) before any handler runs,
+which gRPC would answer with INTERNAL; we answer INVALID_ARGUMENT instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from google.protobuf.message import DecodeError
+from limits import RateLimitItemPerSecond
+from limits.aio.storage import MemoryStorage
+from limits.aio.strategies import MovingWindowRateLimiter
+
+from voiceslot import errors, telemetry
+from voiceslot.auth import KeyTable, Principal
+from voiceslot.logs import bound_context, get_logger
+from voiceslot.rpc.status import grpc_code, to_rpc_status
+
+log = get_logger("voiceslot.rpc")
+
+PUBLIC_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
+ADMIN_METHODS = frozenset(
+    f"/voiceslot.v1.AllocatorService/{m}"
+    for m in (
+        "ListSlots",
+        "ListProviders",
+        "ReclaimSlot",
+        "ResetStuckAllocation",
+        "SetVoicePinned",
+        "RunMaintenance",
+    )
+) | {"/voiceslot.v1.SynthesizerService/CreateBatchJob"}
+
+_principal: contextvars.ContextVar[Principal | None] = contextvars.ContextVar(
+    "principal", default=None
+)
+_request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
+_credential: contextvars.ContextVar[str] = contextvars.ContextVar("credential", default="")
+
+
+def current_principal() -> Principal:
+    principal = _principal.get()
+    if principal is None:  # only public methods run without one, and they never ask
+        raise errors.Unauthenticated("no credentials")
+    return principal
+
+
+def current_request_id() -> str:
+    return _request_id.get()
+
+
+def current_credential() -> str:
+    """The caller's own credential, so a service can call another on the caller's behalf."""
+    return _credential.get()
+
+
+@dataclass(frozen=True)
+class _Malformed:
+    """Stands in for a request whose bytes did not parse."""
+
+    error: str
+
+
+def _safe_deserializer(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserialize is None:
+        return None
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserialize(data)
+        except (DecodeError, UnicodeDecodeError, ValueError) as exc:
+            return _Malformed(str(exc) or type(exc).__name__)
+
+    return parse
+
+
+def _check_request(request: Any) -> Any:
+    if isinstance(request, _Malformed):
+        raise errors.InvalidArgument(
+            "request", f"malformed message (is every string valid UTF-8?): {request.error}"
+        )
+    return request
+
+
+async def _checked_stream(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    async for request in requests:
+        yield _check_request(request)
+
+
+def credential_from(metadata: Iterable[tuple[str, Any]]) -> str | None:
+    for key, value in metadata:
+        if key == "x-api-key" and value:
+            return str(value)
+        if (
+            key == "authorization"
+            and isinstance(value, str)
+            and value.lower().startswith("bearer ")
+        ):
+            return value[7:].strip()
+    return None
+
+
+def request_id_from(metadata: Iterable[tuple[str, Any]]) -> str:
+    for key, value in metadata:
+        if (
+            key == "x-request-id"
+            and isinstance(value, str)
+            and 0 < len(value) <= 128
+            and value.isprintable()
+        ):
+            return value
+    return uuid.uuid4().hex
+
+
+class ServerInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, *, keys: KeyTable, rate_per_second: float, burst: int) -> None:
+        self._keys = keys
+        # A moving window of `burst` calls over burst/rate seconds allows short bursts
+        # while holding the long-run rate.
+        window = max(1, round(burst / rate_per_second))
+        self._limit = RateLimitItemPerSecond(burst, window)
+        self._limiter = MovingWindowRateLimiter(MemoryStorage())
+        self.draining = False
+        self._inflight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    async def drain(self, timeout: float) -> bool:
+        """Refuse new calls with UNAVAILABLE (retryable, unlike the CANCELLED that gRPC
+        core gives calls arriving during its own shutdown) and wait up to ``timeout`` for
+        the calls in flight to finish. True when none is left."""
+        self.draining = True
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    def _enter(self) -> None:
+        self._inflight += 1
+        self._idle.clear()
+
+    def _exit(self) -> None:
+        self._inflight -= 1
+        if self._inflight == 0:
+            self._idle.set()
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Any],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = await continuation(details)
+        if handler is None:
+            return None
+        method = details.method
+        metadata = list(details.invocation_metadata or ())
+
+        async def admit() -> tuple[Principal | None, str]:
+            """Authenticate and authorize; returns (principal, credential)."""
+            if method.startswith(PUBLIC_PREFIXES):
+                return None, ""
+            if self.draining:
+                raise errors.Unavailable("server is shutting down; retry", retry_after=1.0)
+            credential = credential_from(metadata)
+            if credential is None:
+                raise errors.Unauthenticated(
+                    "missing credentials: send 'authorization: Bearer <key>' or 'x-api-key'"
+                )
+            principal = self._keys.resolve(credential)
+            if principal is None:
+                raise errors.Unauthenticated("unknown credentials")
+            if method in ADMIN_METHODS and not principal.is_admin:
+                raise errors.PermissionDenied(f"{method.rsplit('/', 1)[-1]} is admin only")
+            if not await self._limiter.hit(self._limit, principal.user):
+                raise errors.QuotaExceeded(
+                    "rate limit exceeded",
+                    violations=(
+                        errors.QuotaViolation(f"user:{principal.user}", f"{self._limit} calls"),
+                    ),
+                    retry_after=1.0,
+                )
+            return principal, credential
+
+        async def fail(context: grpc.aio.ServicerContext, exc: Exception, started: float) -> None:
+            code = grpc_code(exc)
+            if code == grpc.StatusCode.INTERNAL:
+                log.exception("unhandled error", method=method)
+            else:
+                log.info("rpc failed", method=method, code=code.name, error=str(exc))
+            telemetry.RPCS.labels(method, code.name).inc()
+            telemetry.RPC_SECONDS.labels(method).observe(time.perf_counter() - started)
+            await context.abort_with_status(to_rpc_status(exc))
+
+        def ok(started: float) -> None:
+            telemetry.RPCS.labels(method, "OK").inc()
+            telemetry.RPC_SECONDS.labels(method).observe(time.perf_counter() - started)
+
+        async def prologue(context: grpc.aio.ServicerContext) -> str:
+            request_id = request_id_from(metadata)
+            _request_id.set(request_id)
+            await context.send_initial_metadata((("x-request-id", request_id),))
+            principal, credential = await admit()
+            _principal.set(principal)
+            _credential.set(credential)
+            return request_id
+
+        if handler.unary_unary or handler.stream_unary:
+            behaviour = handler.unary_unary or handler.stream_unary
+            streaming_request = handler.stream_unary is not None
+
+            async def unary_response(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                started = time.perf_counter()
+                self._enter()
+                try:
+                    request_id = await prologue(context)
+                    principal = _principal.get()
+                    with bound_context(
+                        request_id=request_id, user=principal.user if principal else None
+                    ):
+                        request = (
+                            _checked_stream(request)
+                            if streaming_request
+                            else _check_request(request)
+                        )
+                        response = await behaviour(request, context)
+                except Exception as exc:
+                    if _is_abort(exc):
+                        raise
+                    await fail(context, exc, started)
+                else:
+                    ok(started)
+                    return response
+                finally:
+                    self._exit()
+
+            factory = (
+                grpc.stream_unary_rpc_method_handler
+                if streaming_request
+                else grpc.unary_unary_rpc_method_handler
+            )
+            return factory(
+                unary_response,
+                request_deserializer=_safe_deserializer(handler.request_deserializer),
+                response_serializer=handler.response_serializer,
+            )
+
+        behaviour = handler.unary_stream or handler.stream_stream
+        streaming_request = handler.stream_stream is not None
+
+        async def stream_response(
+            request: Any, context: grpc.aio.ServicerContext
+        ) -> AsyncIterator[Any]:
+            started = time.perf_counter()
+            self._enter()
+            try:
+                request_id = await prologue(context)
+                principal = _principal.get()
+                with bound_context(
+                    request_id=request_id, user=principal.user if principal else None
+                ):
+                    request = (
+                        _checked_stream(request) if streaming_request else _check_request(request)
+                    )
+                    result = behaviour(request, context)
+                    if hasattr(result, "__aiter__"):
+                        async for item in result:
+                            yield item
+                    else:  # a handler that writes with context.write and returns
+                        await result
+            except Exception as exc:
+                if _is_abort(exc):
+                    raise
+                await fail(context, exc, started)
+            else:
+                ok(started)
+            finally:
+                self._exit()
+
+        factory = (
+            grpc.stream_stream_rpc_method_handler
+            if streaming_request
+            else grpc.unary_stream_rpc_method_handler
+        )
+        return factory(
+            stream_response,
+            request_deserializer=_safe_deserializer(handler.request_deserializer),
+            response_serializer=handler.response_serializer,
+        )
+
+
+def _is_abort(exc: Exception) -> bool:
+    # context.abort() inside a handler raises grpc's own AbortError: already answered.
+    return type(exc).__name__ in ("AbortError", "UsageError") or isinstance(exc, grpc.RpcError)
