@@ -1,0 +1,209 @@
+"""Text handling before synthesis: normalising what callers send, checking it, and cutting
+it into pieces an engine speaks well.
+
+Providers and the local engine read one sentence or a short run of sentences at a time;
+long inputs are split here, once, so every engine gets the same pieces. Splitting only
+ever cuts: it never drops, reorders or rewrites a character other than the whitespace at
+the cuts, so the pieces read back in order are the text. It prefers sentence ends, then
+clause punctuation, then spaces, and cuts inside a word only when a word alone is longer
+than the limit.
+
+Pure: no I/O; errors are ``voiceslot.errors.InvalidArgument``.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Callable, Iterable, Iterator
+
+from voiceslot.errors import InvalidArgument
+
+# --- normalising -----------------------------------------------------------------------
+
+# Zero-width (non-)joiners change how scripts such as Persian, Hindi and emoji sequences
+# are written, so they stay; every other invisible format character goes.
+_KEPT_FORMAT_CHARS = frozenset("\u200c\u200d")
+_WHITESPACE = re.compile(r"\s+")
+
+
+class _CleanTable(dict[int, int | None]):
+    """``str.translate`` table that decides each code point on first sight: control
+    characters that separate (tab, newline, …) become spaces, other control, format and
+    lone surrogate characters are removed, everything else stays."""
+
+    def __missing__(self, code: int) -> int | None:
+        ch = chr(code)
+        category = unicodedata.category(ch)
+        if category == "Cc":
+            result: int | None = 0x20 if ch.isspace() else None
+        elif category in ("Cf", "Cs") and ch not in _KEPT_FORMAT_CHARS:
+            result = None
+        else:
+            result = code
+        self[code] = result
+        return result
+
+
+_CLEAN = _CleanTable()
+
+
+def normalize(text: str) -> str:
+    """NFC, control and invisible format characters removed (tabs and line breaks become
+    spaces), runs of whitespace collapsed to one space, ends stripped."""
+    cleaned = unicodedata.normalize("NFC", text.translate(_CLEAN))
+    return _WHITESPACE.sub(" ", cleaned).strip()
+
+
+def validate_text(text: str, *, max_chars: int, field: str = "text") -> str:
+    """``text`` normalised; ``InvalidArgument`` when nothing is left or it is longer than
+    ``max_chars`` characters. Never truncates: a cut sentence would be spoken wrong."""
+    normalized = normalize(text)
+    if not normalized:
+        raise InvalidArgument(field, "is empty")
+    if len(normalized) > max_chars:
+        raise InvalidArgument(
+            field, f"is {len(normalized)} characters long; the limit is {max_chars}"
+        )
+    return normalized
+
+
+# --- splitting -------------------------------------------------------------------------
+
+_CLOSERS = "\"'”’»)\\]」』）】"
+# A sentence ends at . ! ? … (with any closing quotes or brackets) before whitespace or
+# the end, or at 。！？ where no space follows in Chinese and Japanese.
+_SENTENCE_END = re.compile(rf"[.!?…]+[{_CLOSERS}]*(?=\s|$)|[。！？]+[{_CLOSERS}]*")
+_LAST_WORD = re.compile(r"\S+$")
+_NEXT_CHAR = re.compile(r"\s*(\S)")
+_OPENERS = "\"'“‘«([{"
+# Words that end in a period without ending the sentence: titles before names and Latin
+# abbreviations. Single letters (initials) and dotted forms (e.g., U.S.) are found by rule.
+_ABBREVIATIONS = frozenset(
+    {"mr", "mrs", "ms", "dr", "prof", "sr", "jr", "st", "mt", "vs", "etc", "cf", "approx"}
+)
+_CLAUSE_BREAK = re.compile(r"(?<=[,;:，；：、—–])")
+_WORD_BREAK = re.compile(r"(?<=\s)(?=\S)")
+
+
+def split_sentences(text: str, *, max_chars: int = 250) -> list[str]:
+    """Cut ``text`` into stripped, non-empty pieces of at most ``max_chars`` characters.
+
+    Sentences first (``.``/``!``/``?``/``…`` before a space, and ``。！？``), keeping
+    abbreviations such as "Dr." and "e.g." and decimals such as "3.5" whole; a sentence
+    still too long is cut at clause punctuation, then between words, then, for a single
+    word longer than ``max_chars``, between characters. Joined back together the pieces
+    are ``text`` but for whitespace.
+    """
+    if max_chars < 1:
+        raise ValueError(f"max_chars must be at least 1, not {max_chars}")
+    pieces: list[str] = []
+    for sentence in _sentences(text):
+        pieces.extend(_fit(sentence, max_chars, _SPLITTERS))
+    return pieces
+
+
+def _sentences(text: str) -> Iterator[str]:
+    start = 0
+    for match in _SENTENCE_END.finditer(text):
+        if _is_abbreviation(text, match):
+            continue
+        yield text[start : match.end()]
+        start = match.end()
+    yield text[start:]
+
+
+def _is_abbreviation(text: str, match: re.Match[str]) -> bool:
+    """Whether the lone period of ``match`` ends an abbreviation rather than a sentence."""
+    if match.group() != ".":
+        return False
+    following = _NEXT_CHAR.match(text, match.end())
+    if following and following.group(1).islower():
+        return True  # "approx. five", "e.g. this": the sentence goes on
+    before = _LAST_WORD.search(text, max(0, match.start() - 64), match.start())
+    word = before.group().lstrip(_OPENERS).lower() if before else ""
+    if not word:
+        return False
+    if word in _ABBREVIATIONS:
+        return True
+    letters = word.replace(".", "")
+    # "J." (an initial), "e.g", "i.e", "U.S": letters with periods between them.
+    return letters.isalpha() and (len(word) == 1 or "." in word)
+
+
+def _by_clause(text: str) -> list[str]:
+    return _CLAUSE_BREAK.split(text)
+
+
+def _by_word(text: str) -> list[str]:
+    return _WORD_BREAK.split(text)
+
+
+def _by_character(text: str, max_chars: int) -> list[str]:
+    """``max_chars``-long runs, never separating a combining mark or joiner from the
+    character before it (unless a run would otherwise be empty)."""
+    runs, start = [], 0
+    while start < len(text):
+        end = min(start + max_chars, len(text))
+        while start + 1 < end < len(text) and _attaches_to_previous(text[end]):
+            end -= 1
+        runs.append(text[start:end])
+        start = end
+    return runs
+
+
+def _attaches_to_previous(ch: str) -> bool:
+    return unicodedata.combining(ch) > 0 or ch in "\u200c\u200d\ufe0f"
+
+
+_SPLITTERS: tuple[Callable[[str], list[str]], ...] = (_by_clause, _by_word)
+
+
+def _fit(text: str, max_chars: int, splitters: tuple[Callable[[str], list[str]], ...]) -> list[str]:
+    """``text`` stripped, in pieces of at most ``max_chars``: cut with the first splitter,
+    pack the parts greedily, and cut any part still too long with the next one."""
+    stripped = text.strip()
+    if len(stripped) <= max_chars:
+        return [stripped] if stripped else []
+    if not splitters:
+        return _by_character(stripped, max_chars)
+    pieces: list[str] = []
+    for packed in _pack(splitters[0](stripped), max_chars):
+        pieces.extend(_fit(packed, max_chars, splitters[1:]))
+    return pieces
+
+
+def _pack(parts: Iterable[str], max_chars: int) -> Iterator[str]:
+    """Consecutive ``parts`` joined into runs of at most ``max_chars`` (stripped); a part
+    longer than that on its own comes out alone."""
+    current = ""
+    for part in parts:
+        if not current or len((current + part).strip()) <= max_chars:
+            current += part
+        else:
+            yield current
+            current = part
+    if current:
+        yield current
+
+
+# --- names -----------------------------------------------------------------------------
+
+_ITEM_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}")
+
+
+def validate_item_name(name: str, *, field: str = "name") -> str:
+    """``name`` if it is a safe batch item name: 1..128 of ``A-Z a-z 0-9 . _ -``, not
+    starting with ".". Such a name can be used as a file name or storage key segment
+    as is: no separators, no "." or "..", no invisible or look-alike characters."""
+    if _ITEM_NAME.fullmatch(name):
+        return name
+    if not name:
+        reason = "is empty"
+    elif len(name) > 128:
+        reason = f"is {len(name)} characters long; the limit is 128"
+    elif name.startswith("."):
+        reason = 'must not start with "."'
+    else:
+        reason = "may contain only A-Z, a-z, 0-9, '.', '_' and '-'"
+    raise InvalidArgument(field, reason)
