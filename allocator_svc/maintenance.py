@@ -1,0 +1,178 @@
+"""Maintenance tasks, each one function, run by the allocator's own loop or on demand
+through the RunMaintenance admin RPC (which the operator drives).
+
+- expire leases: leases past their expiry end.
+- reset stuck: allocations whose dispatch lease expired (the dispatcher died or hung) are
+  adopted if the provider has the labelled voice, else put back in the queue.
+- reconcile: remote voices carrying our label prefix that no row explains are deleted;
+  READY voices whose remote copy vanished become IDLE.
+- reclaim idle: READY voices unused past the idle threshold are reclaimed, but only at
+  providers with requests waiting.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from enum import StrEnum
+
+from allocator_svc.domain.states import EventReason
+from allocator_svc.lifecycle import Lifecycle
+from allocator_svc.records import Claim
+from allocator_svc.repository import AllocatorRepository
+from voiceslot import telemetry
+from voiceslot.config import AllocatorConfig
+from voiceslot.errors import FailedPrecondition
+from voiceslot.logs import get_logger
+from voiceslot.providers.errors import ProviderError
+
+log = get_logger(__name__)
+
+
+class Task(StrEnum):
+    EXPIRE_LEASES = "expire_leases"
+    RESET_STUCK = "reset_stuck"
+    RECONCILE = "reconcile"
+    RECLAIM_IDLE = "reclaim_idle"
+
+
+@dataclass
+class TaskResult:
+    task: Task
+    examined: int = 0
+    changed: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+def parse_label(prefix: str, label: str | None) -> tuple[str, int] | None:
+    """(voice id, generation) from one of our remote labels, or None for foreign voices."""
+    if not label or not label.startswith(prefix):
+        return None
+    m = re.fullmatch(r"(.+)-g(\d+)", label[len(prefix) :])
+    return (m.group(1), int(m.group(2))) if m else None
+
+
+class Maintenance:
+    def __init__(
+        self, *, repo: AllocatorRepository, lifecycle: Lifecycle, config: AllocatorConfig
+    ) -> None:
+        self.repo = repo
+        self.lifecycle = lifecycle
+        self.config = config
+
+    @property
+    def clock(self):  # noqa: ANN201 - the lifecycle's clock
+        return self.lifecycle.clock
+
+    def _providers(self, provider: str) -> list[str]:
+        return [provider] if provider else list(self.lifecycle.providers)
+
+    async def run(self, tasks: list[Task], *, provider: str = "") -> list[TaskResult]:
+        runners: dict[Task, Callable[[str], Awaitable[TaskResult]]] = {
+            Task.EXPIRE_LEASES: self.expire_leases,
+            Task.RESET_STUCK: self.reset_stuck,
+            Task.RECONCILE: self.reconcile,
+            Task.RECLAIM_IDLE: self.reclaim_idle,
+        }
+        results = []
+        for task in tasks or list(Task):
+            result = await runners[task](provider)
+            telemetry.MAINTENANCE.labels(task.value).inc(len(result.changed))
+            results.append(result)
+        return results
+
+    async def expire_leases(self, provider: str = "") -> TaskResult:
+        changed = await self.repo.expire_leases(self.clock.now())
+        return TaskResult(Task.EXPIRE_LEASES, examined=len(changed), changed=changed)
+
+    async def reset_stuck(self, provider: str = "") -> TaskResult:
+        result = TaskResult(Task.RESET_STUCK)
+        stuck = await self.repo.stuck_allocations(self.clock.now(), provider=provider)
+        result.examined = len(stuck)
+        for claim in stuck:
+            if await self.reset_one(claim):
+                result.changed.append(claim.voice_id)
+        return result
+
+    async def reset_one(self, claim: Claim) -> bool:
+        """Adopt the remote voice if the provider has it, else re-queue (or dead-letter)."""
+        provider = self.lifecycle.providers[claim.provider]
+        label = self.lifecycle.label(claim)
+        try:
+            remote = await provider.find_by_label(label)
+        except ProviderError as exc:
+            log.warning("stuck reset: lookup failed", voice=claim.voice_id, error=str(exc))
+            return False
+        now = self.clock.now()
+        if remote is not None:
+            return await self.repo.complete_allocation(
+                claim, remote.provider_voice_id, now, adopted=True
+            )
+        retry_at = None if claim.attempts >= self.config.max_attempts else now
+        state = await self.repo.fail_allocation(
+            claim, "allocation stuck past its timeout; reset", now, retry_at=retry_at
+        )
+        return state is not None
+
+    async def reset_voice(self, voice_id: str) -> None:
+        if not await self.reset_one(await self.repo.claim_for_voice(voice_id)):
+            raise FailedPrecondition(f"voice {voice_id} could not be reset now; try again")
+
+    async def reconcile(self, provider: str = "") -> TaskResult:
+        result = TaskResult(Task.RECONCILE)
+        prefix = self.config.label_prefix
+        for name in self._providers(provider):
+            adapter = self.lifecycle.providers[name]
+            try:
+                remote = [v async for v in adapter.list_voices(label_prefix=prefix)]
+            except ProviderError as exc:
+                result.errors.append(f"{name}: {exc.message}")
+                continue
+            known = await self.repo.known_labels(name)
+            ready = await self.repo.ready_voices(name)
+            result.examined += len(remote) + len(ready)
+            remote_ids = {v.provider_voice_id for v in remote}
+            ready_remote = {v.provider_voice_id for v in ready}
+            for rv in remote:
+                parsed = parse_label(prefix, rv.label)
+                if parsed is None or parsed in known or rv.provider_voice_id in ready_remote:
+                    continue
+                try:
+                    await adapter.delete(rv.provider_voice_id)
+                    result.changed.append(parsed[0])
+                    log.info(
+                        "deleted orphan remote voice",
+                        provider=name,
+                        remote=rv.provider_voice_id,
+                        reason=EventReason.DRIFT_ORPHAN_DELETED.value,
+                    )
+                except ProviderError as exc:
+                    result.errors.append(f"{name}: delete {rv.provider_voice_id}: {exc.message}")
+            for voice in ready:
+                vanished = bool(voice.provider_voice_id) and voice.provider_voice_id not in remote_ids
+                if vanished and await self.repo.mark_remote_missing(
+                    voice.id, voice.provider_voice_id or "", self.clock.now()
+                ):
+                    result.changed.append(voice.id)
+        return result
+
+    async def reclaim_idle(self, provider: str = "") -> TaskResult:
+        result = TaskResult(Task.RECLAIM_IDLE)
+        now = self.clock.now()
+        idle_since = now - timedelta(seconds=self.config.idle_reclaim_after_s)
+        for name in self._providers(provider):
+            backlog = await self.repo.backlog(name, now)
+            candidates = await self.repo.idle_ready_voices(name, idle_since, now)
+            result.examined += len(candidates)
+            for voice_id in candidates[:backlog]:
+                try:
+                    target = await self.repo.begin_reclaim(
+                        voice_id, EventReason.RECLAIMED_IDLE, now, force=False
+                    )
+                except FailedPrecondition:
+                    continue  # leased or used meanwhile
+                if await self.lifecycle.reclaim(target):
+                    result.changed.append(voice_id)
+        return result

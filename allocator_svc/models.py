@@ -1,0 +1,126 @@
+"""The allocator's tables. The allocator is their only writer."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import BigInteger, Boolean, Float, ForeignKey, Index, Integer, MetaData, String
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from voiceslot.db import UtcDateTime
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(
+        naming_convention={
+            "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+            "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+            "ck": "ck_%(table_name)s_%(constraint_name)s",
+            "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+            "pk": "pk_%(table_name)s",
+        }
+    )
+
+
+class VoiceRow(Base):
+    __tablename__ = "voices"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(128), index=True)
+    display_name: Mapped[str] = mapped_column(String(100))
+    provider: Mapped[str] = mapped_column(String(40))
+    language: Mapped[str] = mapped_column(String(16))
+    state: Mapped[str] = mapped_column(String(16))
+    generation: Mapped[int] = mapped_column(Integer, default=0)
+    provider_voice_id: Mapped[str | None] = mapped_column(String(200))
+    # Fencing token of the allocation in flight: a late answer from an allocation that
+    # was reset meanwhile carries a stale token and changes nothing.
+    allocation_token: Mapped[str | None] = mapped_column(String(40))
+    pinned: Mapped[bool] = mapped_column(Boolean, default=False)
+    sample_key: Mapped[str] = mapped_column(String(300))
+    sample_sha256: Mapped[str] = mapped_column(String(64))
+    sample_bytes: Mapped[int] = mapped_column(Integer)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))
+    last_error: Mapped[str] = mapped_column(String(500), default="")
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    state_changed_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    last_used_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+
+    __table_args__ = (
+        Index("ix_voices_provider_state", "provider", "state"),
+        Index("uq_voices_owner_idempotency", "owner", "idempotency_key", unique=True),
+    )
+
+
+class ProviderRow(Base):
+    """One provider account. Dispatchers lock this row to decide on its capacity, so
+    replicas can never overshoot it; breaker and token-bucket state live here too so that
+    every replica sees the same."""
+
+    __tablename__ = "providers"
+
+    name: Mapped[str] = mapped_column(String(40), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(20))
+    capacity: Mapped[int] = mapped_column(Integer)
+    add_edit_remaining: Mapped[int | None] = mapped_column(Integer)
+    breaker_state: Mapped[str] = mapped_column(String(12), default="closed")
+    breaker_failures: Mapped[int] = mapped_column(Integer, default=0)
+    breaker_open_until: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    tokens: Mapped[float] = mapped_column(Float, default=0.0)
+    tokens_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class AllocationRequestRow(Base):
+    """A durable queue entry: "give voice V a slot at provider P"."""
+
+    __tablename__ = "allocation_requests"
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    voice_id: Mapped[str] = mapped_column(ForeignKey("voices.id", ondelete="CASCADE"), index=True)
+    owner: Mapped[str] = mapped_column(String(128))
+    provider: Mapped[str] = mapped_column(String(40))
+    priority: Mapped[int] = mapped_column(Integer, default=0)
+    # queued | leased | done | dead
+    state: Mapped[str] = mapped_column(String(10))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    run_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    lease_token: Mapped[str | None] = mapped_column(String(40))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    # voice id + generation: re-asking for the same allocation never enqueues twice.
+    idempotency_key: Mapped[str] = mapped_column(String(120), unique=True)
+    last_error: Mapped[str] = mapped_column(String(500), default="")
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+    __table_args__ = (Index("ix_allocation_requests_dispatch", "provider", "state", "run_at"),)
+
+
+class LeaseRow(Base):
+    __tablename__ = "leases"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    voice_id: Mapped[str] = mapped_column(ForeignKey("voices.id", ondelete="CASCADE"), index=True)
+    owner: Mapped[str] = mapped_column(String(128))
+    holder: Mapped[str] = mapped_column(String(200), default="")
+    expires_at: Mapped[datetime] = mapped_column(UtcDateTime, index=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class VoiceEventRow(Base):
+    """History of a voice. No foreign key: events outlive a deleted voice."""
+
+    __tablename__ = "voice_events"
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    voice_id: Mapped[str] = mapped_column(String(40), index=True)
+    reason: Mapped[str] = mapped_column(String(40))
+    from_state: Mapped[str] = mapped_column(String(16), default="")
+    to_state: Mapped[str] = mapped_column(String(16), default="")
+    message: Mapped[str] = mapped_column(String(500), default="")
+    occurred_at: Mapped[datetime] = mapped_column(UtcDateTime)

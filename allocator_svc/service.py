@@ -1,0 +1,415 @@
+"""The allocator's use cases, as the gRPC servicer (and tests) call them.
+
+Checks the caller's rights, validates input, then calls the repository (one transaction
+each) and the providers/storage (between transactions). Knows nothing of gRPC.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import random
+import re
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from allocator_svc.dispatcher import Dispatcher
+from allocator_svc.domain.reclaim import LeastRecentlyUsed, ReclaimPolicy
+from allocator_svc.domain.retry import RetryPolicy
+from allocator_svc.domain.states import EventReason, VoiceState
+from allocator_svc.lifecycle import Lifecycle
+from allocator_svc.maintenance import Maintenance, Task, TaskResult
+from allocator_svc.records import EnsureOutcome, Event, Lease, ProviderStats, Queued, Slot, Voice
+from allocator_svc.repository import AllocatorRepository, EnsureParams, NewVoice, new_id
+from voiceslot import telemetry
+from voiceslot.audio import validate_sample
+from voiceslot.auth import Principal
+from voiceslot.clock import Clock, SystemClock
+from voiceslot.config import AllocatorConfig
+from voiceslot.errors import InvalidArgument, NotFound, PermissionDenied
+from voiceslot.logs import get_logger
+from voiceslot.pagination import decode_token, encode_token, page_size
+from voiceslot.providers.base import Provider
+from voiceslot.providers.errors import ProviderError, VoiceNotFound
+from voiceslot.storage.base import Storage
+
+log = get_logger(__name__)
+
+_LANGUAGE = re.compile(r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})*$")
+_IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,200}$")
+# Rough mean of one clone, for queue wait estimates until measured values replace it.
+MEAN_ALLOCATION_S = 5.0
+
+
+@dataclass(frozen=True)
+class RegisterParams:
+    display_name: str
+    provider: str
+    language: str
+    idempotency_key: str
+    owner: str
+
+
+def validate_display_name(name: str) -> str:
+    name = name.strip()
+    if not 1 <= len(name) <= 100 or not name.isprintable():
+        raise InvalidArgument("metadata.display_name", "must be 1..100 printable characters")
+    return name
+
+
+def validate_language(language: str) -> str:
+    language = language or "en"
+    if not _LANGUAGE.match(language):
+        raise InvalidArgument("metadata.language", f"{language!r} is not a BCP 47 language tag")
+    return language
+
+
+def require_id(field: str, value: str, prefix: str) -> str:
+    if not re.fullmatch(rf"{prefix}_[0-9a-f]{{32}}", value or ""):
+        raise InvalidArgument(field, f"must be an id like {prefix}_<32 hex digits>")
+    return value
+
+
+class Allocator:
+    def __init__(
+        self,
+        *,
+        repo: AllocatorRepository,
+        providers: dict[str, Provider],
+        storage: Storage,
+        config: AllocatorConfig,
+        default_provider: str,
+        clock: Clock | None = None,
+        reclaim_policy: ReclaimPolicy | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.repo = repo
+        self.providers = providers
+        self.storage = storage
+        self.config = config
+        self.default_provider = default_provider
+        self.clock = clock or SystemClock()
+        self.lifecycle = Lifecycle(
+            repo=repo,
+            providers=providers,
+            storage=storage,
+            clock=self.clock,
+            retry=RetryPolicy(config.max_attempts, config.backoff_base_s, config.backoff_max_s),
+            label_prefix=config.label_prefix,
+            rng=rng,
+        )
+        self.dispatcher = Dispatcher(
+            repo=repo,
+            lifecycle=self.lifecycle,
+            config=config,
+            reclaim_policy=reclaim_policy or LeastRecentlyUsed(),
+            providers=list(providers),
+        )
+        self.maintenance = Maintenance(repo=repo, lifecycle=self.lifecycle, config=config)
+        self._maintenance_task: asyncio.Task[None] | None = None
+        self._changed = asyncio.Condition()
+
+    # -- lifecycle of the service itself -----------------------------------------------------
+
+    async def start(self, *, background: bool = True) -> None:
+        """Record provider capacities, then start the dispatcher (and maintenance loop)."""
+        rows = []
+        for name, provider in self.providers.items():
+            rows.append((name, provider.kind, await self._capacity_of(name, provider)))
+        await self.repo.upsert_providers(rows, self.clock.now())
+        if background:
+            self.dispatcher.start()
+            if self.config.maintenance_interval_s:
+                self._maintenance_task = asyncio.create_task(self._maintenance_loop())
+
+    async def _capacity_of(self, name: str, provider: Provider) -> int:
+        configured = getattr(getattr(provider, "config", None), "capacity", None)
+        if configured:
+            return int(configured)
+        try:
+            reported = (await provider.capacity()).limit
+        except ProviderError as exc:
+            raise RuntimeError(
+                f"provider {name}: capacity unknown and not configured: {exc}"
+            ) from exc
+        if not reported:
+            raise RuntimeError(f"provider {name}: set 'capacity' in its configuration")
+        return reported
+
+    async def stop(self, *, grace_s: float = 10.0) -> None:
+        if self._maintenance_task:
+            self._maintenance_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._maintenance_task
+        await self.dispatcher.stop(grace_s=grace_s)
+
+    async def _maintenance_loop(self) -> None:
+        assert self.config.maintenance_interval_s
+        while True:
+            await asyncio.sleep(self.config.maintenance_interval_s)
+            try:
+                await self.run_maintenance([], provider="")
+            except Exception as exc:
+                log.error("maintenance round failed", error=repr(exc))
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    # -- voices ------------------------------------------------------------------------------
+
+    async def register_voice(
+        self, who: Principal, params: RegisterParams, sample: bytes
+    ) -> tuple[Voice, bool]:
+        owner = params.owner or who.user
+        if owner != who.user and not who.is_admin:
+            raise PermissionDenied("only admins may register voices for another user")
+        display_name = validate_display_name(params.display_name)
+        language = validate_language(params.language)
+        provider = params.provider or self.default_provider
+        if provider not in self.providers:
+            raise InvalidArgument(
+                "metadata.provider",
+                f"unknown provider {provider!r}; known: {sorted(self.providers)}",
+            )
+        key = params.idempotency_key or None
+        if key is not None:
+            if not _IDEMPOTENCY_KEY.match(key):
+                raise InvalidArgument(
+                    "metadata.idempotency_key", "must be 1..200 printable ASCII characters"
+                )
+            if existing := await self.repo.find_by_idempotency_key(owner, key):
+                return existing, False
+        info = validate_sample(sample, max_bytes=self.config.sample_max_bytes)
+        voice_id = new_id("v")
+        sample_key = f"samples/{voice_id}/sample.{info.format.lower()}"
+        with telemetry.span("storage.put_sample", key=sample_key):
+            await self.storage.put(sample_key, sample)
+        new = NewVoice(
+            id=voice_id,
+            owner=owner,
+            display_name=display_name,
+            provider=provider,
+            language=language,
+            sample_key=sample_key,
+            sample_sha256=hashlib.sha256(sample).hexdigest(),
+            sample_bytes=len(sample),
+            idempotency_key=key,
+        )
+        try:
+            voice, created = await self.repo.create_voice(new, self.clock.now())
+        except BaseException:
+            await self.storage.delete(sample_key)
+            raise
+        if not created:  # lost an idempotency race: our copy of the sample is surplus
+            await self.storage.delete(sample_key)
+        log.info("voice registered", voice=voice.id, user=owner, provider=provider, created=created)
+        return voice, created
+
+    async def get_voice(self, who: Principal, voice_id: str) -> Voice:
+        require_id("voice_id", voice_id, "v")
+        return await self.repo.get_voice(voice_id, self.clock.now(), owner=who.owner_filter())
+
+    async def list_voices(
+        self,
+        who: Principal,
+        *,
+        size: int,
+        token: str,
+        provider: str = "",
+        state: VoiceState | None = None,
+        holding_only: bool = False,
+    ) -> tuple[list[Voice], str]:
+        limit = page_size(size)
+        key = decode_token(token, arity=2)
+        after = (datetime.fromisoformat(str(key[0])), str(key[1])) if key else None
+        voices = await self.repo.list_voices(
+            self.clock.now(),
+            owner=who.owner_filter(),
+            provider=provider,
+            state=state,
+            after=after,
+            limit=limit,
+            holding_only=holding_only,
+        )
+        next_token = (
+            encode_token(voices[-1].created_at.isoformat(), voices[-1].id)
+            if len(voices) == limit
+            else ""
+        )
+        return voices, next_token
+
+    async def delete_voice(self, who: Principal, voice_id: str, *, force: bool) -> None:
+        require_id("voice_id", voice_id, "v")
+        voice = await self.repo.delete_voice(
+            voice_id, self.clock.now(), owner=who.owner_filter(), force=force
+        )
+        if voice.provider_voice_id:
+            try:
+                await self.providers[voice.provider].delete(voice.provider_voice_id)
+            except VoiceNotFound:
+                pass
+            except ProviderError as exc:
+                log.warning(
+                    "remote delete failed; reconciliation will remove the orphan",
+                    voice=voice_id,
+                    error=str(exc),
+                )
+        await self.storage.delete(voice.sample_key)
+        self.dispatcher.wake(voice.provider)
+        await self._notify()
+
+    async def list_events(
+        self, who: Principal, voice_id: str, *, size: int, token: str
+    ) -> tuple[list[Event], str]:
+        await self.get_voice(who, voice_id)  # ownership
+        limit = page_size(size)
+        key = decode_token(token, arity=1)
+        events = await self.repo.list_events(
+            voice_id, before_id=int(key[0]) if key else None, limit=limit
+        )
+        return events, (encode_token(events[-1].id) if len(events) == limit else "")
+
+    # -- ensure active and leases ------------------------------------------------------------
+
+    def _ttl(self, requested_s: float | None) -> timedelta:
+        if requested_s is None or requested_s == 0:
+            return timedelta(seconds=self.config.default_lease_ttl_s)
+        if requested_s < 0:
+            raise InvalidArgument("lease_ttl", "must be positive")
+        return timedelta(seconds=min(requested_s, self.config.max_lease_ttl_s))
+
+    async def ensure_active(
+        self,
+        who: Principal,
+        voice_id: str,
+        *,
+        lease_ttl_s: float | None = None,
+        priority: int = 0,
+        holder: str = "",
+    ) -> EnsureOutcome:
+        require_id("voice_id", voice_id, "v")
+        if not 0 <= priority <= 9:
+            raise InvalidArgument("priority", "must be 0..9")
+        if len(holder) > 200:
+            raise InvalidArgument("lease_holder", "at most 200 characters")
+        outcome = await self.repo.ensure_active(
+            EnsureParams(
+                voice_id=voice_id,
+                owner=who.owner_filter(),
+                lease_ttl=self._ttl(lease_ttl_s),
+                holder=holder or who.user,
+                priority=priority,
+                per_user_max_queued=self.config.per_user_max_queued,
+                mean_allocation_s=MEAN_ALLOCATION_S,
+            ),
+            self.clock.now(),
+        )
+        if isinstance(outcome, Queued):
+            self.dispatcher.wake(outcome.voice.provider)
+        return outcome
+
+    async def renew_lease(self, who: Principal, lease_id: str, *, ttl_s: float | None) -> Lease:
+        require_id("lease_id", lease_id, "ls")
+        return await self.repo.renew_lease(
+            lease_id, self._ttl(ttl_s), self.clock.now(), owner=who.owner_filter()
+        )
+
+    async def release_lease(self, who: Principal, lease_id: str) -> None:
+        require_id("lease_id", lease_id, "ls")
+        await self.repo.release_lease(lease_id, self.clock.now(), owner=who.owner_filter())
+
+    async def watch_voice(
+        self, who: Principal, voice_id: str, *, poll_s: float = 0.5
+    ) -> AsyncIterator[Voice]:
+        """The voice now, then on every change of state or update time; ends when deleted.
+
+        Changes made by this replica wake watchers at once; changes by other replicas are
+        seen within ``poll_s``.
+        """
+        voice = await self.get_voice(who, voice_id)
+        yield voice
+        seen = (voice.state.value, voice.updated_at)
+        while True:
+            async with self._changed:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._changed.wait(), poll_s)
+            key = await self.repo.watch_key(voice_id)
+            if key is None:
+                return
+            if key != seen:
+                seen = key
+                yield await self.get_voice(who, voice_id)
+
+    # -- admin ------------------------------------------------------------------------------
+
+    @staticmethod
+    def _admin(who: Principal) -> None:
+        if not who.is_admin:
+            raise PermissionDenied("admin role required")
+
+    async def list_slots(
+        self, who: Principal, *, provider: str, size: int, token: str
+    ) -> tuple[list[Slot], str]:
+        self._admin(who)
+        voices, next_token = await self.list_voices(
+            who, size=size, token=token, provider=provider, holding_only=True
+        )
+        holders = await self.repo.lease_holders([v.id for v in voices], self.clock.now())
+        return [Slot(v, holders.get(v.id, "")) for v in voices], next_token
+
+    async def list_providers(self, who: Principal) -> list[ProviderStats]:
+        self._admin(who)
+        stats = await self.repo.provider_stats(self.clock.now())
+        for st in stats:
+            telemetry.QUEUE_DEPTH.labels(st.name).set(st.queued)
+            telemetry.SLOTS_USED.labels(st.name).set(st.used)
+            telemetry.SLOTS_CAPACITY.labels(st.name).set(st.capacity)
+        return stats
+
+    async def reclaim_slot(self, who: Principal, voice_id: str, *, force: bool) -> Voice:
+        self._admin(who)
+        require_id("voice_id", voice_id, "v")
+        target = await self.repo.begin_reclaim(
+            voice_id, EventReason.RECLAIMED_BY_ADMIN, self.clock.now(), force=force
+        )
+        await self.lifecycle.reclaim(target)
+        self.dispatcher.wake(target.provider)
+        await self._notify()
+        return await self.get_voice(who, voice_id)
+
+    async def reset_stuck(self, who: Principal, voice_id: str) -> Voice:
+        self._admin(who)
+        require_id("voice_id", voice_id, "v")
+        await self.maintenance.reset_voice(voice_id)
+        voice = await self.get_voice(who, voice_id)
+        self.dispatcher.wake(voice.provider)
+        await self._notify()
+        return voice
+
+    async def set_pinned(self, who: Principal, voice_id: str, pinned: bool) -> Voice:
+        self._admin(who)
+        require_id("voice_id", voice_id, "v")
+        voice = await self.repo.set_pinned(voice_id, pinned, self.clock.now())
+        await self._notify()
+        return voice
+
+    async def run_maintenance(
+        self, tasks: list[Task], *, provider: str, who: Principal | None = None
+    ) -> list[TaskResult]:
+        if who is not None:
+            self._admin(who)
+        if provider and provider not in self.providers:
+            raise NotFound("provider", provider)
+        results = await self.maintenance.run(tasks, provider=provider)
+        for name in [provider] if provider else list(self.providers):
+            self.dispatcher.wake(name)
+        await self._notify()
+        return results
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
