@@ -1,0 +1,88 @@
+"""Assemble the synthesizer from settings."""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from synth_svc.allocator_client import AllocatorClient
+from synth_svc.service import Synthesizer
+from synth_svc.servicer import SynthesizerServicer
+from voiceslot.config import Settings
+from voiceslot.credentials import read_local_key
+from voiceslot.db import create_engine, upgrade_to_head
+from voiceslot.providers.base import Provider
+from voiceslot.rpc.interceptors import current_credential
+from voiceslot.rpc.server import ServiceRegistration
+from voiceslot.storage.base import Storage
+from voiceslot.v1 import synthesizer_pb2, synthesizer_pb2_grpc
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+VERSION_TABLE = "alembic_version_synth"
+
+
+async def migrate(url: str) -> None:
+    await upgrade_to_head(MIGRATIONS, url, version_table=VERSION_TABLE)
+
+
+def service_credential(settings: Settings) -> str:
+    """What the synthesizer presents for work of its own (batch jobs): the configured
+    key, or the embedded default's local admin key."""
+    if settings.synth.allocator_api_key is not None:
+        return settings.synth.allocator_api_key.get_secret_value()
+    return read_local_key(settings.data_dir) or ""
+
+
+@dataclass
+class SynthApp:
+    synthesizer: Synthesizer
+    engine: AsyncEngine
+    registration: ServiceRegistration
+    settings: Settings
+    _client: AllocatorClient | None = field(default=None)
+
+    def connect(self, allocator_target: str) -> None:
+        """Point at the allocator; called once the address is known (after the server
+        binds, when both run in one process)."""
+        holder = f"synth-{socket.gethostname()}-{os.getpid()}"
+        # Calls on behalf of a caller carry the caller's own credential, so the
+        # allocator applies the caller's rights (another user's voice stays NOT_FOUND).
+        self._client = AllocatorClient(
+            self.settings.synth.allocator_target or allocator_target,
+            credential=lambda: current_credential() or service_credential(self.settings),
+            holder=holder,
+        )
+
+    def client(self) -> AllocatorClient:
+        if self._client is None:
+            raise RuntimeError("synthesizer not connected to an allocator")
+        return self._client
+
+    async def stop(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+        await self.engine.dispose()
+
+
+async def build_synth(
+    settings: Settings, *, storage: Storage, providers: dict[str, Provider]
+) -> SynthApp:
+    url = settings.synth_database_url
+    await migrate(url)
+    engine = create_engine(url)
+    app: SynthApp
+    # Late-bound: the client exists only once connect() has run.
+    synthesizer = Synthesizer(
+        providers=providers, config=settings.synth, allocator=lambda: app.client()
+    )
+    registration = ServiceRegistration(
+        full_name=synthesizer_pb2.DESCRIPTOR.services_by_name["SynthesizerService"].full_name,
+        add_to_server=synthesizer_pb2_grpc.add_SynthesizerServiceServicer_to_server,
+        servicer=SynthesizerServicer(synthesizer),
+    )
+    app = SynthApp(synthesizer, engine, registration, settings)
+    return app

@@ -1,0 +1,1 @@
+"""Pure synthesizer policy: formats, batch progress and retry decisions. No I/O."""
