@@ -1,0 +1,1 @@
+"""The ``voiceslot`` command line: the top layer, free to import both services."""

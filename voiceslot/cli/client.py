@@ -1,0 +1,63 @@
+"""What CLI commands need to talk to a server: target, credential, stubs, errors."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import click
+import grpc
+
+from voiceslot.config import Settings
+from voiceslot.credentials import read_local_key
+from voiceslot.v1 import allocator_pb2_grpc, synthesizer_pb2_grpc
+
+
+@dataclass(frozen=True)
+class Connection:
+    target: str
+    api_key: str
+
+
+def connection_for(settings: Settings, *, target: str | None, api_key: str | None) -> Connection:
+    key = api_key or os.environ.get("VOICESLOT_API_KEY") or read_local_key(settings.data_dir)
+    if not key:
+        raise click.UsageError(
+            "no API key: pass --api-key, set VOICESLOT_API_KEY, or run 'voiceslot serve' once on "
+            f"this machine (it writes {settings.data_dir / 'credentials.json'})"
+        )
+    host_port = target or settings.listen
+    if host_port.startswith("0.0.0.0:"):
+        host_port = "127.0.0.1:" + host_port.split(":", 1)[1]
+    return Connection(host_port, key)
+
+
+@contextmanager
+def stubs(
+    conn: Connection,
+) -> Iterator[
+    tuple[
+        allocator_pb2_grpc.AllocatorServiceStub,
+        synthesizer_pb2_grpc.SynthesizerServiceStub,
+        tuple[tuple[str, str], ...],
+    ]
+]:
+    channel = grpc.insecure_channel(
+        conn.target, options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+    )
+    try:
+        yield (
+            allocator_pb2_grpc.AllocatorServiceStub(channel),
+            synthesizer_pb2_grpc.SynthesizerServiceStub(channel),
+            (("authorization", f"Bearer {conn.api_key}"),),
+        )
+    except grpc.RpcError as exc:
+        code = exc.code() if hasattr(exc, "code") else None
+        message = exc.details() if hasattr(exc, "details") else str(exc)
+        click.echo(f"error: {code.name if code else 'RPC'}: {message}", err=True)
+        sys.exit(2 if code == grpc.StatusCode.INVALID_ARGUMENT else 1)
+    finally:
+        channel.close()

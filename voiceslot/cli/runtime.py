@@ -1,0 +1,98 @@
+"""Run the services in this process: what ``voiceslot serve`` does.
+
+Both services share one gRPC server, one storage and one set of provider adapters (so
+the local engine's model pool exists once); the synthesizer reaches the allocator over
+gRPC on loopback exactly as it would across the cluster.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+
+from allocator_svc.app import AllocatorApp, build_allocator
+from synth_svc.app import SynthApp, build_synth
+from voiceslot.config import Settings
+from voiceslot.credentials import key_table
+from voiceslot.logs import get_logger
+from voiceslot.providers.registry import build_providers
+from voiceslot.rpc.server import RunningServer, start_server
+from voiceslot.storage.factory import build_storage
+from voiceslot.telemetry import serve_metrics
+
+log = get_logger("voiceslot.runtime")
+
+SERVICES = ("allocator", "synth")
+
+
+class Runtime:
+    """Started services; ``stop`` shuts them down in reverse order."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.allocator: AllocatorApp | None = None
+        self.synth: SynthApp | None = None
+        self.server: RunningServer | None = None
+        self.providers: dict = {}
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None
+        return self.server.port
+
+    async def start(self, *, only: tuple[str, ...] = SERVICES) -> Runtime:
+        settings = self.settings
+        keys = key_table(settings)
+        storage = build_storage(settings)
+        self.providers = build_providers(settings, storage=storage)
+        registrations = []
+        if "allocator" in only:
+            self.allocator = await build_allocator(
+                settings, storage=storage, providers=self.providers
+            )
+            registrations.append(self.allocator.registration)
+        if "synth" in only:
+            self.synth = await build_synth(settings, storage=storage, providers=self.providers)
+            registrations.append(self.synth.registration)
+        self.server = await start_server(
+            listen=settings.listen,
+            registrations=registrations,
+            keys=keys,
+            rate_per_second=settings.auth.rate_limit_per_second,
+            burst=settings.auth.rate_limit_burst,
+        )
+        if self.synth is not None:
+            self.synth.connect(f"127.0.0.1:{self.server.port}")
+        if settings.metrics_port:
+            serve_metrics(settings.metrics_port)
+        return self
+
+    async def stop(self) -> None:
+        grace = self.settings.shutdown_grace_s
+        if self.server is not None:
+            await self.server.stop(grace)
+        if self.synth is not None:
+            await self.synth.stop()
+        if self.allocator is not None:
+            await self.allocator.stop(grace_s=min(grace, 10.0))
+        for provider in self.providers.values():
+            with contextlib.suppress(Exception):
+                await provider.aclose()
+
+
+async def serve(
+    settings: Settings,
+    *,
+    only: tuple[str, ...] = SERVICES,
+    stop: asyncio.Event,
+    on_ready: Callable[[int], None] | None = None,
+) -> None:
+    runtime = await Runtime(settings).start(only=only)
+    try:
+        if on_ready is not None:
+            on_ready(runtime.port)
+        await stop.wait()
+        log.info("shutting down", grace_s=settings.shutdown_grace_s)
+    finally:
+        await runtime.stop()
