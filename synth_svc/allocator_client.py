@@ -122,10 +122,16 @@ class AllocatorClient:
                     ),
                     retry_after=max(1.0, wait),
                 )
-            await self._wait_until_settled(voice_id, timeout=remaining)
+            settled = await self._wait_until_settled(voice_id, timeout=remaining)
+            # Asking again would re-queue a dead-lettered voice: report it instead.
+            if settled is not None and settled.state == _FAILED:
+                raise errors.Unavailable(
+                    f"voice {voice_id} could not be allocated: {settled.last_error}",
+                    retry_after=5.0,
+                )
 
-    async def _wait_until_settled(self, voice_id: str, *, timeout: float) -> None:
-        """Follow WatchVoice until READY or FAILED, or until ``timeout``."""
+    async def _wait_until_settled(self, voice_id: str, *, timeout: float) -> pb.Voice | None:
+        """Follow WatchVoice until READY or FAILED (returned), or None after ``timeout``."""
         call = self._stub.WatchVoice(
             pb.WatchVoiceRequest(voice_id=voice_id),
             metadata=self._metadata(),
@@ -134,12 +140,13 @@ class AllocatorClient:
         try:
             async for update in call:
                 if update.voice.state in (_READY, _FAILED):
-                    return
+                    return update.voice
         except grpc.aio.AioRpcError as exc:
             if exc.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
                 raise _as_domain_error(exc) from None
         finally:
             call.cancel()
+        return None
 
     async def renew(self, lease_id: str) -> None:
         await self._stub.RenewLease(

@@ -119,12 +119,12 @@ def serve(obj: Ctx, only: tuple[str, ...], listen: str | None, port_file: Path |
         click.echo(f"voiceslot serving {', '.join(only or SERVICES)} on port {port}")
         sys.stdout.flush()
 
-    async def main() -> None:
+    async def serve_until_stopped() -> None:
         stop = asyncio.Event()
         install_stop_signals(stop)
         await run(settings, only=only or SERVICES, stop=stop, on_ready=ready)
 
-    asyncio.run(main())
+    asyncio.run(serve_until_stopped())
 
 
 @cli.group()
@@ -232,10 +232,10 @@ def _wait_ready(alloc: Any, md: Any, voice_id: str, *, timeout: float, quiet: bo
                     metadata=md,
                     timeout=min(remaining, 30),
                 ):
-                    if update.voice.state in (
-                        common_pb2.VOICE_STATE_READY,
-                        common_pb2.VOICE_STATE_FAILED,
-                    ):
+                    if update.voice.state == common_pb2.VOICE_STATE_FAILED:
+                        # Asking again would re-queue it; the error will not change by itself.
+                        raise click.ClickException(f"cloning failed: {update.voice.last_error}")
+                    if update.voice.state == common_pb2.VOICE_STATE_READY:
                         break
             except Exception as exc:  # a watch deadline just means: ask again
                 if "DEADLINE_EXCEEDED" not in str(exc):
@@ -388,6 +388,100 @@ def say(
             f"wrote {out} ({written} bytes, {result['sample_rate_hz']} Hz) — first audio after "
             f"{result['first_chunk_ms']:.0f} ms, done in {result['total_ms']:.0f} ms"
         )
+
+
+@cli.command()
+@click.option(
+    "--sample",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    help="Your recording (WAV/FLAC/OGG, 3-30 s). Default: a synthetic voiced sample.",
+)
+@click.option(
+    "--text", default="Hello! This sentence was spoken in a cloned voice.", show_default=True
+)
+@click.option(
+    "--out",
+    "-o",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=Path("demo.wav"),
+    show_default=True,
+)
+@click.option(
+    "--model-dir",
+    type=click.Path(path_type=Path, exists=True, file_okay=False),
+    help="A local Coqui model directory instead of downloading XTTS v2.",
+)
+@click.option(
+    "--tiny-model",
+    is_flag=True,
+    help="Build a tiny random-weight XTTS (offline smoke run: the audio is noise, not speech).",
+)
+@click.pass_obj
+def demo(
+    obj: Ctx, sample: Path | None, text: str, out: Path, model_dir: Path | None, tiny_model: bool
+) -> None:
+    """Run both services, clone a voice from a sample and speak TEXT into a WAV file."""
+    from voiceslot.cli.demo import DemoFailed, run
+
+    configure_logging(level="WARNING", fmt="console")
+    if tiny_model and model_dir is None:
+        from voiceslot.testing.tiny_models import build_tiny_xtts
+
+        model_dir = obj.settings.data_dir / "tiny-xtts"
+        if not (model_dir / "config.json").exists():
+            with err_console.status("building a tiny XTTS model…"):
+                build_tiny_xtts(model_dir)
+    say_progress = (
+        (lambda _m: None) if obj.json else (lambda m: err_console.print(f"[dim]•[/dim] {m}"))
+    )
+    try:
+        result = run(
+            obj.settings,
+            sample=sample,
+            text=text,
+            out=out,
+            model_dir=model_dir,
+            progress=say_progress,
+        )
+    except DemoFailed as exc:
+        raise click.ClickException(str(exc)) from None
+    if obj.json:
+        emit_json(
+            {
+                "voice_id": result.voice_id,
+                "clone_s": round(result.clone_s, 3),
+                "first_chunk_ms": round(result.first_chunk_ms, 1),
+                "total_ms": round(result.total_ms, 1),
+                "file": str(result.out),
+                "bytes": result.audio_bytes,
+                "sample_rate_hz": result.sample_rate_hz,
+            }
+        )
+    else:
+        console.print(
+            f"wrote [bold]{result.out}[/bold] ({result.audio_bytes} bytes, {result.sample_rate_hz} Hz): "
+            f"cloned in {result.clone_s:.1f} s, first audio after {result.first_chunk_ms:.0f} ms, "
+            f"done in {result.total_ms:.0f} ms"
+        )
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8765, show_default=True)
+@click.option("--seed", default=0, show_default=True, help="Seed for scripted random faults.")
+def emulator(host: str, port: int, seed: int) -> None:
+    """Serve the ElevenLabs and Cartesia APIs on loopback, for demos and tests.
+
+    ElevenLabs lives under /elevenlabs (key el-emulator-key), Cartesia under /cartesia
+    (key ca-emulator-key); point a provider's base_url there."""
+    try:
+        from voiceslot.testing.emulator import run_forever
+    except ImportError as exc:
+        raise click.ClickException("the emulator needs: pip install 'voiceslot[emulator]'") from exc
+    click.echo(
+        f"emulating ElevenLabs at http://{host}:{port}/elevenlabs and Cartesia at http://{host}:{port}/cartesia"
+    )
+    run_forever(host, port, seed=seed)
 
 
 def main() -> None:
