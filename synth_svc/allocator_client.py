@@ -148,6 +148,15 @@ class AllocatorClient:
             call.cancel()
         return None
 
+    async def get_voice(self, voice_id: str) -> pb.Voice:
+        try:
+            response = await self._stub.GetVoice(
+                pb.GetVoiceRequest(voice_id=voice_id), metadata=self._metadata(), timeout=10
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise _as_domain_error(exc) from None
+        return response.voice
+
     async def renew(self, lease_id: str) -> None:
         await self._stub.RenewLease(
             pb.RenewLeaseRequest(lease_id=lease_id), metadata=self._metadata(), timeout=10

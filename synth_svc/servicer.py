@@ -7,9 +7,13 @@ from collections.abc import AsyncIterator
 
 import grpc
 
+from synth_svc.batch import BatchJobs
+from synth_svc.domain.batch import ItemState, JobState
 from synth_svc.domain.formats import OutputFormat, requested_format
+from synth_svc.repository import Item, Job
 from synth_svc.service import SpeechRequest, Synthesizer
-from voiceslot.rpc.convert import duration
+from voiceslot.rpc.convert import duration, timestamp
+from voiceslot.rpc.interceptors import current_principal
 from voiceslot.v1 import common_pb2
 from voiceslot.v1 import synthesizer_pb2 as pb
 from voiceslot.v1 import synthesizer_pb2_grpc as pb_grpc
@@ -44,9 +48,44 @@ def deadline_of(context: grpc.aio.ServicerContext) -> float:
     return time.monotonic() + (DEFAULT_WAIT_S if remaining is None else remaining)
 
 
+_JOB_STATE_TO_PB = {s: getattr(pb, f"BATCH_JOB_STATE_{s.name}") for s in JobState}
+_ITEM_STATE_TO_PB = {s: getattr(pb, f"BATCH_ITEM_STATE_{s.name}") for s in ItemState}
+DOWNLOAD_CHUNK = 256 * 1024
+
+
+def job_pb(job: Job) -> pb.BatchJob:
+    return pb.BatchJob(
+        job_id=job.id,
+        owner=job.owner,
+        voice_id=job.voice_id,
+        state=_JOB_STATE_TO_PB[job.state],
+        format=format_pb(OutputFormat(job.encoding, job.sample_rate)),
+        total_items=job.counts.total,
+        succeeded_items=job.counts.succeeded,
+        failed_items=job.counts.failed,
+        progress=job.counts.progress,
+        created_at=timestamp(job.created_at),
+        updated_at=timestamp(job.updated_at),
+        finished_at=timestamp(job.finished_at),
+    )
+
+
+def item_pb(item: Item, url: str) -> pb.BatchItem:
+    return pb.BatchItem(
+        item_id=item.id,
+        name=item.name,
+        state=_ITEM_STATE_TO_PB[item.state],
+        attempts=item.attempts,
+        error=item.error,
+        audio_duration=duration(item.audio_seconds),
+        download_url=url,
+    )
+
+
 class SynthesizerServicer(pb_grpc.SynthesizerServiceServicer):
-    def __init__(self, synthesizer: Synthesizer) -> None:
+    def __init__(self, synthesizer: Synthesizer, batch: BatchJobs) -> None:
         self.synthesizer = synthesizer
+        self.batch = batch
 
     def _speech(self, request: pb.SynthesizeRequest | pb.SynthesizeStreamRequest) -> SpeechRequest:
         fmt = format_from_pb(
@@ -82,3 +121,55 @@ class SynthesizerServicer(pb_grpc.SynthesizerServiceServicer):
             if chunk.sequence == 0:
                 message.format.CopyFrom(format_pb(chunk.format))
             yield message
+
+    async def CreateBatchJob(
+        self, request: pb.CreateBatchJobRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CreateBatchJobResponse:
+        fmt = format_from_pb(
+            request.format, default_encoding=self.synthesizer.config.default_encoding
+        )
+        job = await self.batch.create(
+            current_principal(),
+            voice_id=request.voice_id,
+            fmt=fmt,
+            items=[(i.name, i.text) for i in request.items],
+            idempotency_key=request.idempotency_key,
+        )
+        return pb.CreateBatchJobResponse(job=job_pb(job))
+
+    async def GetBatchJob(
+        self, request: pb.GetBatchJobRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetBatchJobResponse:
+        who = current_principal()
+        job = await self.batch.get(who, request.job_id)
+        items = await self.batch.items(who, request.job_id) if request.include_items else []
+        return pb.GetBatchJobResponse(job=job_pb(job), items=[item_pb(i, url) for i, url in items])
+
+    async def ListBatchJobs(
+        self, request: pb.ListBatchJobsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListBatchJobsResponse:
+        jobs, token = await self.batch.list(
+            current_principal(), size=request.page_size, token=request.page_token
+        )
+        return pb.ListBatchJobsResponse(jobs=[job_pb(j) for j in jobs], next_page_token=token)
+
+    async def WatchBatchJob(
+        self, request: pb.WatchBatchJobRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.WatchBatchJobResponse]:
+        async for job in self.batch.watch(current_principal(), request.job_id):
+            yield pb.WatchBatchJobResponse(job=job_pb(job))
+
+    async def CancelBatchJob(
+        self, request: pb.CancelBatchJobRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CancelBatchJobResponse:
+        return pb.CancelBatchJobResponse(
+            job=job_pb(await self.batch.cancel(current_principal(), request.job_id))
+        )
+
+    async def DownloadBatchItemAudio(
+        self, request: pb.DownloadBatchItemAudioRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.DownloadBatchItemAudioResponse]:
+        async for chunk in self.batch.download(
+            current_principal(), request.job_id, request.item_id
+        ):
+            yield pb.DownloadBatchItemAudioResponse(chunk=chunk)

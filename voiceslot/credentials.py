@@ -44,11 +44,21 @@ def read_local_key(data_dir: Path) -> str | None:
     return str(json.loads(path.read_text())["api_key"])
 
 
-def key_table(settings: Settings) -> KeyTable:
-    """Configured keys; or, when none are, the local admin key (created on first use)."""
+INTERNAL_USER = "voiceslot-internal"
+
+
+def key_table(settings: Settings, *, internal_key: str | None = None) -> KeyTable:
+    """Configured keys (or, when none are, the local admin key, created on first use),
+    plus ``internal_key``: a per-process admin key for one service calling another inside
+    the same process (the synthesizer's batch worker), never written anywhere."""
     if settings.auth.api_keys:
-        return KeyTable(
+        entries = [
             (k.key.get_secret_value(), Principal(k.user, k.role)) for k in settings.auth.api_keys
-        )
-    key = ensure_local_admin_key(settings.data_dir)
-    return KeyTable([(key, Principal(LOCAL_ADMIN_USER, "admin"))])
+        ]
+    else:
+        entries = [
+            (ensure_local_admin_key(settings.data_dir), Principal(LOCAL_ADMIN_USER, "admin"))
+        ]
+    if internal_key:
+        entries.append((internal_key, Principal(INTERNAL_USER, "admin")))
+    return KeyTable(entries)

@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 from allocator_svc.app import AllocatorApp, build_allocator
 from synth_svc.app import SynthApp, build_synth
+from voiceslot.auth import generate_key
 from voiceslot.config import Settings
 from voiceslot.credentials import key_table
 from voiceslot.logs import get_logger
@@ -43,7 +44,11 @@ class Runtime:
 
     async def start(self, *, only: tuple[str, ...] = SERVICES) -> Runtime:
         settings = self.settings
-        keys = key_table(settings)
+        in_process = (
+            "allocator" in only and "synth" in only and settings.synth.allocator_target is None
+        )
+        internal_key = generate_key() if in_process else None
+        keys = key_table(settings, internal_key=internal_key)
         storage = build_storage(settings)
         self.providers = build_providers(settings, storage=storage)
         registrations = []
@@ -63,7 +68,7 @@ class Runtime:
             burst=settings.auth.rate_limit_burst,
         )
         if self.synth is not None:
-            self.synth.connect(f"127.0.0.1:{self.server.port}")
+            self.synth.connect(f"127.0.0.1:{self.server.port}", internal_key=internal_key)
         if settings.metrics_port:
             serve_metrics(settings.metrics_port)
         return self
@@ -73,7 +78,7 @@ class Runtime:
         if self.server is not None:
             await self.server.stop(grace)
         if self.synth is not None:
-            await self.synth.stop()
+            await self.synth.stop(grace_s=min(grace, 10.0))
         if self.allocator is not None:
             await self.allocator.stop(grace_s=min(grace, 10.0))
         for provider in self.providers.values():
