@@ -16,8 +16,15 @@ ensure_venv() {
   fi
   if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     echo "installing voiceslot[$extras] into $VENV (the local engine pulls torch: a few minutes the first time)" >&2
-    "$VENV/bin/python" -m pip install --quiet --upgrade pip
-    "$VENV/bin/python" -m pip install --quiet -e "$ROOT[$extras]"
+    local log="$VENV/pip-install.log"
+    # pip's own output goes to a log (shown on failure): some machines' pip configs warn
+    # about every package, which would bury the test output.
+    if ! { "$VENV/bin/python" -m pip install --quiet --upgrade pip &&
+           "$VENV/bin/python" -m pip install --quiet -e "$ROOT[$extras]"; } >"$log" 2>&1; then
+      grep -v "^WARNING: Location" "$log" >&2
+      echo "installing voiceslot[$extras] failed; full log: $log" >&2
+      return 1
+    fi
     echo "$want" > "$stamp"
   fi
 }
