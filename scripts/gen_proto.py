@@ -24,8 +24,12 @@ def generate(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     # grpc_tools ships the well-known types (google/protobuf/*.proto).
     well_known = Path(protoc.__file__).parent / "_proto"
+    # The mypy plugins live beside this interpreter; name them so an unactivated venv works.
+    bin_dir = Path(sys.executable).parent
     args = [
         "grpc_tools.protoc",
+        f"--plugin=protoc-gen-mypy={bin_dir / 'protoc-gen-mypy'}",
+        f"--plugin=protoc-gen-mypy_grpc={bin_dir / 'protoc-gen-mypy_grpc'}",
         f"-I{PROTO_ROOT}",
         f"-I{well_known}",
         f"--python_out={out}",
