@@ -12,6 +12,7 @@ which gRPC would answer with INTERNAL; we answer INVALID_ARGUMENT instead.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import time
 import uuid
@@ -219,69 +220,23 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             _credential.set(credential)
             return request_id
 
-        if handler.unary_unary or handler.stream_unary:
-            behaviour = handler.unary_unary or handler.stream_unary
-            streaming_request = handler.stream_unary is not None
-
-            async def unary_response(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                started = time.perf_counter()
-                self._enter()
-                try:
-                    request_id = await prologue(context)
-                    principal = _principal.get()
-                    with bound_context(
-                        request_id=request_id, user=principal.user if principal else None
-                    ):
-                        request = (
-                            _checked_stream(request)
-                            if streaming_request
-                            else _check_request(request)
-                        )
-                        response = await behaviour(request, context)
-                except Exception as exc:
-                    if _is_abort(exc):
-                        raise
-                    await fail(context, exc, started)
-                else:
-                    ok(started)
-                    return response
-                finally:
-                    self._exit()
-
-            factory = (
-                grpc.stream_unary_rpc_method_handler
-                if streaming_request
-                else grpc.unary_unary_rpc_method_handler
-            )
-            return factory(
-                unary_response,
-                request_deserializer=_safe_deserializer(handler.request_deserializer),
-                response_serializer=handler.response_serializer,
-            )
-
-        behaviour = handler.unary_stream or handler.stream_stream
-        streaming_request = handler.stream_stream is not None
-
-        async def stream_response(
-            request: Any, context: grpc.aio.ServicerContext
-        ) -> AsyncIterator[Any]:
+        @contextlib.asynccontextmanager
+        async def call_scope(
+            request: Any, context: grpc.aio.ServicerContext, *, streaming_request: bool
+        ):
+            """Admit the call, bind its log context, yield the checked request; map any
+            error to a status, count and time the call."""
             started = time.perf_counter()
             self._enter()
             try:
                 request_id = await prologue(context)
                 principal = _principal.get()
+                checked = _checked_stream(request) if streaming_request else _check_request(request)
+                voice = None if streaming_request else getattr(checked, "voice_id", None)
                 with bound_context(
-                    request_id=request_id, user=principal.user if principal else None
+                    request_id=request_id, user=principal.user if principal else None, voice=voice
                 ):
-                    request = (
-                        _checked_stream(request) if streaming_request else _check_request(request)
-                    )
-                    result = behaviour(request, context)
-                    if hasattr(result, "__aiter__"):
-                        async for item in result:
-                            yield item
-                    else:  # a handler that writes with context.write and returns
-                        await result
+                    yield checked
             except Exception as exc:
                 if _is_abort(exc):
                     raise
@@ -291,16 +246,52 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             finally:
                 self._exit()
 
-        factory = (
-            grpc.stream_stream_rpc_method_handler
-            if streaming_request
-            else grpc.unary_stream_rpc_method_handler
-        )
-        return factory(
-            stream_response,
+        handler_factory, behaviour, streaming_request, streaming_response = _shape(handler)
+
+        if not streaming_response:
+
+            async def unary_response(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                async with call_scope(
+                    request, context, streaming_request=streaming_request
+                ) as checked:
+                    return await behaviour(checked, context)
+
+            wrapped: Callable[..., Any] = unary_response
+        else:
+
+            async def stream_response(
+                request: Any, context: grpc.aio.ServicerContext
+            ) -> AsyncIterator[Any]:
+                async with call_scope(
+                    request, context, streaming_request=streaming_request
+                ) as checked:
+                    result = behaviour(checked, context)
+                    if hasattr(result, "__aiter__"):
+                        async for item in result:
+                            yield item
+                    else:  # a handler that writes with context.write and returns
+                        await result
+
+            wrapped = stream_response
+
+        return handler_factory(
+            wrapped,
             request_deserializer=_safe_deserializer(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
+
+
+def _shape(
+    handler: grpc.RpcMethodHandler,
+) -> tuple[Callable[..., Any], Callable[..., Any], bool, bool]:
+    """(handler factory, behaviour, streaming request?, streaming response?)"""
+    if handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler, handler.unary_unary, False, False
+    if handler.stream_unary:
+        return grpc.stream_unary_rpc_method_handler, handler.stream_unary, True, False
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler, handler.unary_stream, False, True
+    return grpc.stream_stream_rpc_method_handler, handler.stream_stream, True, True
 
 
 def _is_abort(exc: Exception) -> bool:
