@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import io
 
+import grpc
 import numpy as np
+import pytest
 import soundfile as sf
 
 from tests.conftest import ALICE_KEY, auth
@@ -73,3 +75,22 @@ async def test_stream_matches_unary_for_the_same_seed(channel, sample_wav):
     assert rate == whole_rate == XTTS_RATE
     assert streamed.shape == whole.shape
     np.testing.assert_allclose(streamed, whole, atol=1e-4)
+
+
+@pytest.mark.postgres
+async def test_the_same_on_postgresql(make_settings, postgres_url, sample_wav):
+    from voiceslot.cli.runtime import Runtime
+
+    runtime = await Runtime(make_settings(database_url=postgres_url)).start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{runtime.port}") as channel:
+            md = auth(ALICE_KEY)
+            voice = await register(channel, md, sample_wav)
+            await ensure_ready(channel, md, voice.voice_id)
+            synth = synthesizer_pb2_grpc.SynthesizerServiceStub(channel)
+            response = await synth.Synthesize(
+                spb.SynthesizeRequest(voice_id=voice.voice_id, text="Stored in PostgreSQL.", format=WAV), metadata=md)
+            audio, rate = decode(response.audio)
+            assert rate == XTTS_RATE and float(np.abs(audio).max()) > 1e-3
+    finally:
+        await runtime.stop()
