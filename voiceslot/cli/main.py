@@ -484,6 +484,17 @@ def emulator(host: str, port: int, seed: int) -> None:
     run_forever(host, port, seed=seed)
 
 
+@cli.command("operator")
+@click.pass_context
+def operator(ctx: click.Context) -> None:
+    """Run the VoiceSlot operator (kopf) until SIGTERM; configured by VOICESLOT_OPERATOR__*."""
+    try:
+        from voiceslot_operator.cli import operator_command
+    except ImportError as exc:
+        raise click.UsageError("the operator needs: pip install 'voiceslot[operator]'") from exc
+    ctx.invoke(operator_command)
+
+
 def main() -> None:
     try:
         cli(standalone_mode=True)
