@@ -192,7 +192,13 @@ async def test_responses_carry_a_request_id(channel):
         apb.ListVoicesRequest(), metadata=(*auth(ALICE_KEY), ("x-request-id", "trace-me-42"))
     )
     await call
-    assert ("x-request-id", "trace-me-42") in list(await call.initial_metadata())
+    assert ("x-request-id", "trace-me-42") in list(await call.trailing_metadata())
+    # Errors carry it too, beside their rich status details; without one, one is made.
+    failing = stub.GetVoice(apb.GetVoiceRequest(voice_id="bad"), metadata=auth(ALICE_KEY))
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await failing
+    trailing = dict(info.value.trailing_metadata())
+    assert len(trailing["x-request-id"]) == 32 and "grpc-status-details-bin" in trailing
 
 
 async def test_per_caller_rate_limit(make_settings):

@@ -18,18 +18,17 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError
-from limits import RateLimitItemPerSecond
-from limits.aio.storage import MemoryStorage
-from limits.aio.strategies import MovingWindowRateLimiter
 
 from voiceslot import errors, telemetry
 from voiceslot.auth import KeyTable, Principal
 from voiceslot.logs import bound_context, get_logger
 from voiceslot.rpc.status import grpc_code, to_rpc_status
+from voiceslot.token_bucket import Bucket, TokenBucket
 
 log = get_logger("voiceslot.rpc")
 
@@ -130,11 +129,12 @@ def request_id_from(metadata: Iterable[tuple[str, Any]]) -> str:
 class ServerInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, *, keys: KeyTable, rate_per_second: float, burst: int) -> None:
         self._keys = keys
-        # A moving window of `burst` calls over burst/rate seconds allows short bursts
-        # while holding the long-run rate.
-        window = max(1, round(burst / rate_per_second))
-        self._limit = RateLimitItemPerSecond(burst, window)
-        self._limiter = MovingWindowRateLimiter(MemoryStorage())
+        # Per-caller buckets in this process, keyed by user (callers are the configured
+        # keys, so the dict stays small). Not the `limits` library: its memory storage
+        # schedules an expiry timer on every hit, which measured ~57 µs per call — more
+        # than the rest of this interceptor together — on the hot path of every RPC.
+        self._bucket = TokenBucket(rate_per_s=rate_per_second, burst=burst)
+        self._buckets: dict[str, Bucket] = {}
         self.draining = False
         self._inflight = 0
         self._idle = asyncio.Event()
@@ -159,6 +159,22 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         self._inflight -= 1
         if self._inflight == 0:
             self._idle.set()
+
+    def _take_token(self, user: str) -> None:
+        now = datetime.now(UTC)
+        bucket = self._buckets.get(user, Bucket(self._bucket.burst, None))
+        if self._bucket.available(bucket, now) < 1:
+            raise errors.QuotaExceeded(
+                "rate limit exceeded",
+                violations=(
+                    errors.QuotaViolation(
+                        f"user:{user}",
+                        f"{self._bucket.rate_per_s:g} calls/s, bursts of {self._bucket.burst:g}",
+                    ),
+                ),
+                retry_after=self._bucket.wait_s(bucket, now),
+            )
+        self._buckets[user] = self._bucket.spend(bucket, 1, now)
 
     async def intercept_service(
         self,
@@ -187,14 +203,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                 raise errors.Unauthenticated("unknown credentials")
             if method in ADMIN_METHODS and not principal.is_admin:
                 raise errors.PermissionDenied(f"{method.rsplit('/', 1)[-1]} is admin only")
-            if not await self._limiter.hit(self._limit, principal.user):
-                raise errors.QuotaExceeded(
-                    "rate limit exceeded",
-                    violations=(
-                        errors.QuotaViolation(f"user:{principal.user}", f"{self._limit} calls"),
-                    ),
-                    retry_after=1.0,
-                )
+            self._take_token(principal.user)
             return principal, credential
 
         async def fail(context: grpc.aio.ServicerContext, exc: Exception, started: float) -> None:
@@ -205,7 +214,9 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                 log.info("rpc failed", method=method, code=code.name, error=str(exc))
             telemetry.RPCS.labels(method, code.name).inc()
             telemetry.RPC_SECONDS.labels(method).observe(time.perf_counter() - started)
-            await context.abort_with_status(to_rpc_status(exc))
+            await context.abort_with_status(
+                to_rpc_status(exc, trailing=(("x-request-id", _request_id.get()),))
+            )
 
         def ok(started: float) -> None:
             telemetry.RPCS.labels(method, "OK").inc()
@@ -214,7 +225,9 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         async def prologue(context: grpc.aio.ServicerContext) -> str:
             request_id = request_id_from(metadata)
             _request_id.set(request_id)
-            await context.send_initial_metadata((("x-request-id", request_id),))
+            # Trailing, not initial, metadata: sending initial metadata explicitly costs a
+            # separate write per call (measured: about a third of a bare echo's throughput).
+            context.set_trailing_metadata((("x-request-id", request_id),))
             principal, credential = await admit()
             _principal.set(principal)
             _credential.set(credential)

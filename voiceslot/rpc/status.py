@@ -8,6 +8,7 @@ bad input can only ever surface as INVALID_ARGUMENT and friends.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
@@ -100,7 +101,15 @@ def details_for(exc: Exception) -> list[any_pb2.Any]:
     return details
 
 
-def to_rpc_status(exc: Exception) -> grpc.Status:
+@dataclass(frozen=True)
+class RpcStatus(grpc.Status):
+    code: grpc.StatusCode
+    details: str
+    trailing_metadata: tuple[tuple[str, str | bytes], ...]
+
+
+def to_rpc_status(exc: Exception, *, trailing: tuple[tuple[str, str], ...] = ()) -> grpc.Status:
+    """The status to abort with; ``trailing`` metadata (the request id) travels with it."""
     from grpc_status import rpc_status
 
     code = grpc_code(exc)
@@ -113,4 +122,5 @@ def to_rpc_status(exc: Exception) -> grpc.Status:
     proto = status_pb2.Status(
         code=getattr(code_pb2, code.name), message=message, details=details_for(exc)
     )
-    return rpc_status.to_status(proto)
+    status = rpc_status.to_status(proto)
+    return RpcStatus(status.code, status.details, (*status.trailing_metadata, *trailing))
