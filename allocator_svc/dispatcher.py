@@ -31,14 +31,23 @@ class Dispatcher:
         config: AllocatorConfig,
         reclaim_policy: ReclaimPolicy,
         providers: list[str],
+        max_inflight: int | None = None,
     ) -> None:
+        """``max_inflight``: allocations one provider's loop runs at once on this replica
+        (default twice ``dispatch_batch``). Without a bound, a provider with hundreds of
+        free slots would start hundreds of allocations in one burst; their database
+        work would outrun the connection pool, time out, and leave the voices
+        ALLOCATING until the stuck sweeper. Beyond the bound, requests simply wait
+        queued (other replicas may take them)."""
         self.repo = repo
         self.lifecycle = lifecycle
         self.config = config
         self.reclaim_policy = reclaim_policy
+        self.max_inflight = max_inflight or 2 * config.dispatch_batch
         self._wake = {name: asyncio.Event() for name in providers}
         self._tasks: list[asyncio.Task[None]] = []
         self._inflight: set[asyncio.Task[object]] = set()
+        self._busy = dict.fromkeys(providers, 0)
 
     def wake(self, provider: str) -> None:
         if event := self._wake.get(provider):
@@ -47,13 +56,20 @@ class Dispatcher:
     async def run_once(self, provider: str) -> int:
         """One round for ``provider``; returns how many allocations and reclaims started.
         The work itself runs in background tasks that wake the loop when they finish."""
+        room = self.max_inflight - self._busy.get(provider, 0)
+        if room <= 0:
+            return 0  # a finishing task wakes the loop
         result = await self.repo.claim(
             provider,
             self.lifecycle.clock.now(),
-            limit=self.config.dispatch_batch,
+            limit=min(self.config.dispatch_batch, room),
             allocation_timeout=timedelta(seconds=self.config.allocation_timeout_s),
             reclaim_policy=self.reclaim_policy,
+            breaker=self.lifecycle.breaker,
+            bucket=self.lifecycle.bucket,
         )
+        if result.claims or result.reclaims:
+            self.lifecycle.on_change()  # voices went ALLOCATING / RECLAIMING
         for claim in result.claims:
             self._spawn(provider, self.lifecycle.allocate(claim))
         for target in result.reclaims:
@@ -63,9 +79,11 @@ class Dispatcher:
     def _spawn(self, provider: str, work: object) -> None:
         task = asyncio.create_task(work)  # type: ignore[arg-type]
         self._inflight.add(task)
+        self._busy[provider] = self._busy.get(provider, 0) + 1
 
         def done(t: asyncio.Task[object]) -> None:
             self._inflight.discard(t)
+            self._busy[provider] -= 1
             if not t.cancelled() and (exc := t.exception()) is not None:
                 log.error("dispatch task failed", provider=provider, error=repr(exc))
             self.wake(provider)  # a slot may be free, or a retry due

@@ -9,22 +9,62 @@ whose answer was lost is never cloned twice.
 
 from __future__ import annotations
 
+import os
 import random
+import signal
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
+from allocator_svc.domain.breaker import BreakerPolicy, BreakerState, ProviderOutcome
 from allocator_svc.domain.retry import RetryPolicy
 from allocator_svc.domain.states import VoiceState
 from allocator_svc.records import Claim, ReclaimTarget
 from allocator_svc.repository import AllocatorRepository
 from voiceslot import telemetry
 from voiceslot.clock import Clock
+from voiceslot.errors import bounded
 from voiceslot.logs import get_logger
 from voiceslot.providers.base import CloneRequest, Provider, RemoteVoice, remote_label
-from voiceslot.providers.errors import ProviderError, Transient, VoiceNotFound
+from voiceslot.providers.errors import (
+    AddEditBudgetSpent,
+    AuthError,
+    Fatal,
+    ProviderError,
+    RateLimited,
+    Transient,
+    VoiceNotFound,
+)
 from voiceslot.storage.base import Storage
+from voiceslot.token_bucket import TokenBucket
 
 log = get_logger(__name__)
+
+TEST_KILL_AFTER_CLONE_ENV = "VOICESLOT_TESTONLY_SIGKILL_AFTER_CLONE"
+"""TEST ONLY. Set to "1" and the process SIGKILLs itself right after a provider's clone
+returns, before the database commit: the crash window the stuck sweeper exists for.
+tests/integration/allocator/test_crash.py uses it; nothing else may."""
+
+
+def _test_only_kill_after_clone() -> None:
+    if os.environ.get(TEST_KILL_AFTER_CLONE_ENV) == "1":
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def provider_outcome(exc: ProviderError | None) -> ProviderOutcome:
+    """How a provider error bears on the provider's health (breaker and bucket).
+
+    A refusal of this one request (bad sample, account full, unknown voice) shows a
+    healthy provider; outages, bad credentials, a spent monthly budget and answers we
+    cannot use are what the breaker is for; a 429 pauses the bucket instead.
+    """
+    if exc is None:
+        return ProviderOutcome.OK
+    if isinstance(exc, RateLimited):
+        return ProviderOutcome.THROTTLED
+    if isinstance(exc, Transient | AuthError | AddEditBudgetSpent | Fatal):
+        return ProviderOutcome.UNHEALTHY
+    return ProviderOutcome.OK
 
 
 @dataclass(frozen=True)
@@ -46,6 +86,9 @@ class Lifecycle:
         retry: RetryPolicy,
         label_prefix: str,
         rng: random.Random | None = None,
+        breaker: BreakerPolicy | None = None,
+        bucket: TokenBucket | None = None,
+        on_change: Callable[[], None] | None = None,
     ) -> None:
         self.repo = repo
         self.providers = providers
@@ -54,6 +97,13 @@ class Lifecycle:
         self.retry = retry
         self.label_prefix = label_prefix
         self.rng = rng or random.Random()
+        self.breaker = breaker or BreakerPolicy()
+        # Neither ElevenLabs nor Cartesia publish a rate for voice creation: the default
+        # bucket (20/s, bursts of 40) guards against runaway loops; 429s pause it further.
+        self.bucket = bucket or TokenBucket()
+        self.on_change = on_change or (lambda: None)
+        """Called after every committed change of a voice's state, so that watchers in
+        this process hear of it at once (other replicas' watchers poll)."""
 
     def label(self, claim: Claim) -> str:
         return remote_label(self.label_prefix, claim.voice_id, claim.generation)
@@ -74,12 +124,41 @@ class Lifecycle:
                     remote = await provider.clone(
                         CloneRequest(label=label, sample=sample, language=claim.language)
                     )
+                _test_only_kill_after_clone()
         except ProviderError as exc:
             remote = await self._adopt_after_failure(provider, label, exc)
             adopted = remote is not None
             if remote is None:
+                await self.record(claim.provider, exc)
                 return await self._fail(claim, exc)
+        await self.record(claim.provider, None)
         return await self._complete(claim, remote, adopted=adopted, started_s=started.timestamp())
+
+    async def record(self, provider: str, exc: ProviderError | None) -> None:
+        """Feed a provider call's outcome to the shared breaker and bucket."""
+        outcome = provider_outcome(exc)
+        try:
+            after = await self.repo.record_provider_outcome(
+                provider,
+                outcome,
+                self.clock.now(),
+                retry_after=exc.retry_after if exc is not None else None,
+                breaker=self.breaker,
+                bucket=self.bucket,
+            )
+        except Exception as err:  # bookkeeping must not lose the allocation's own outcome
+            log.error("recording provider outcome failed", provider=provider, error=repr(err))
+            return
+        if after is not None:
+            telemetry.BREAKER_OPEN.labels(provider).set(after.state == BreakerState.OPEN)
+            if outcome != ProviderOutcome.OK:
+                log.warning(
+                    "provider call failed",
+                    provider=provider,
+                    outcome=outcome.value,
+                    breaker=after.state.value,
+                    failures=after.failures,
+                )
 
     async def _adopt_after_failure(
         self, provider: Provider, label: str, exc: ProviderError
@@ -99,6 +178,7 @@ class Lifecycle:
         if await self.repo.complete_allocation(
             claim, remote.provider_voice_id, now, adopted=adopted
         ):
+            self.on_change()
             telemetry.ALLOCATIONS.labels(claim.provider, "adopted" if adopted else "cloned").inc()
             telemetry.ALLOCATION_SECONDS.labels(claim.provider).observe(now.timestamp() - started_s)
             log.info(
@@ -124,12 +204,14 @@ class Lifecycle:
 
     async def _fail(self, claim: Claim, exc: ProviderError) -> AllocationOutcome:
         now = self.clock.now()
-        error = f"{type(exc).__name__}: {exc.message}"
+        error = bounded(f"{type(exc).__name__}: {exc.message}")  # stored and logged alike
         retry_at = None
         if not self.retry.should_dead_letter(claim.attempts, retryable=exc.retryable):
             delay = self.retry.delay(claim.attempts, rng=self.rng, retry_after=exc.retry_after)
             retry_at = now + timedelta(seconds=delay)
         state = await self.repo.fail_allocation(claim, error, now, retry_at=retry_at)
+        if state is not None:
+            self.on_change()
         outcome = "retry" if state == VoiceState.QUEUED else "dead_lettered"
         telemetry.ALLOCATIONS.labels(claim.provider, outcome).inc()
         log.warning(
@@ -145,6 +227,7 @@ class Lifecycle:
     async def reclaim(self, target: ReclaimTarget) -> bool:
         """Delete the remote copy; the voice becomes IDLE (or READY again if that failed)."""
         provider = self.providers[target.provider]
+        failure: ProviderError | None = None
         try:
             with telemetry.span("provider.delete", provider=target.provider):
                 await provider.delete(target.provider_voice_id)
@@ -153,7 +236,10 @@ class Lifecycle:
             deleted, error = True, ""
         except ProviderError as exc:
             deleted, error = False, f"{type(exc).__name__}: {exc.message}"
+            failure = exc
+        await self.record(target.provider, failure)
         await self.repo.finish_reclaim(target, self.clock.now(), deleted=deleted, error=error)
+        self.on_change()
         if deleted:
             telemetry.RECLAIMS.labels(target.provider, target.reason.value).inc()
         return deleted

@@ -3,7 +3,8 @@ through the RunMaintenance admin RPC (which the operator drives).
 
 - expire leases: leases past their expiry end.
 - reset stuck: allocations whose dispatch lease expired (the dispatcher died or hung) are
-  adopted if the provider has the labelled voice, else put back in the queue.
+  adopted if the provider has the labelled voice, else put back in the queue; reclaims
+  left half done (RECLAIMING for longer than an allocation may take) are finished.
 - reconcile: remote voices carrying our label prefix that no row explains are deleted;
   READY voices whose remote copy vanished become IDLE.
 - reclaim idle: READY voices unused past the idle threshold are reclaimed, but only at
@@ -89,11 +90,20 @@ class Maintenance:
 
     async def reset_stuck(self, provider: str = "") -> TaskResult:
         result = TaskResult(Task.RESET_STUCK)
-        stuck = await self.repo.stuck_allocations(self.clock.now(), provider=provider)
-        result.examined = len(stuck)
+        now = self.clock.now()
+        stuck = await self.repo.stuck_allocations(now, provider=provider)
+        reclaims = await self.repo.stuck_reclaims(
+            now - timedelta(seconds=self.config.allocation_timeout_s), provider=provider
+        )
+        result.examined = len(stuck) + len(reclaims)
         for claim in stuck:
             if await self.reset_one(claim):
                 result.changed.append(claim.voice_id)
+        for target in reclaims:
+            # Deleting again is safe: a copy already gone answers VoiceNotFound, which
+            # counts as deleted; a failed delete leaves the voice READY with its slot.
+            await self.lifecycle.reclaim(target)
+            result.changed.append(target.voice_id)
         return result
 
     async def reset_one(self, claim: Claim) -> bool:
@@ -112,7 +122,11 @@ class Maintenance:
             )
         retry_at = None if claim.attempts >= self.config.max_attempts else now
         state = await self.repo.fail_allocation(
-            claim, "allocation stuck past its timeout; reset", now, retry_at=retry_at
+            claim,
+            "allocation stuck past its timeout; reset",
+            now,
+            retry_at=retry_at,
+            reason=EventReason.STUCK_RESET,
         )
         return state is not None
 
@@ -125,13 +139,17 @@ class Maintenance:
         prefix = self.config.label_prefix
         for name in self._providers(provider):
             adapter = self.lifecycle.providers[name]
+            # Order matters against allocations running meanwhile. READY voices are read
+            # before the listing: one that turns READY after it is listed would otherwise
+            # look like its copy vanished. Known labels are read after it: a clone claimed
+            # (its generation recorded) and made after our read would look like an orphan.
+            ready = await self.repo.ready_voices(name)
             try:
                 remote = [v async for v in adapter.list_voices(label_prefix=prefix)]
             except ProviderError as exc:
                 result.errors.append(f"{name}: {exc.message}")
                 continue
             known = await self.repo.known_labels(name)
-            ready = await self.repo.ready_voices(name)
             result.examined += len(remote) + len(ready)
             remote_ids = {v.provider_voice_id for v in remote}
             ready_remote = {v.provider_voice_id for v in ready}
@@ -151,7 +169,9 @@ class Maintenance:
                 except ProviderError as exc:
                     result.errors.append(f"{name}: delete {rv.provider_voice_id}: {exc.message}")
             for voice in ready:
-                vanished = bool(voice.provider_voice_id) and voice.provider_voice_id not in remote_ids
+                vanished = (
+                    bool(voice.provider_voice_id) and voice.provider_voice_id not in remote_ids
+                )
                 if vanished and await self.repo.mark_remote_missing(
                     voice.id, voice.provider_voice_id or "", self.clock.now()
                 ):
@@ -162,11 +182,16 @@ class Maintenance:
         result = TaskResult(Task.RECLAIM_IDLE)
         now = self.clock.now()
         idle_since = now - timedelta(seconds=self.config.idle_reclaim_after_s)
+        stats = {p.name: p for p in await self.repo.provider_stats(now)}
         for name in self._providers(provider):
             backlog = await self.repo.backlog(name, now)
+            st = stats.get(name)
+            # Only what the free slots cannot serve: a slot freed for nobody costs a
+            # re-clone later for nothing.
+            wanted = backlog - (max(0, st.capacity - st.used) if st else 0)
             candidates = await self.repo.idle_ready_voices(name, idle_since, now)
             result.examined += len(candidates)
-            for voice_id in candidates[:backlog]:
+            for voice_id in candidates[: max(0, wanted)]:
                 try:
                     target = await self.repo.begin_reclaim(
                         voice_id, EventReason.RECLAIMED_IDLE, now, force=False

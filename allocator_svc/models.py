@@ -96,18 +96,42 @@ class AllocationRequestRow(Base):
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
 
-    __table_args__ = (Index("ix_allocation_requests_dispatch", "provider", "state", "run_at"),)
+    __table_args__ = (
+        Index("ix_allocation_requests_dispatch", "provider", "state", "run_at"),
+        # Per-user caps count a user's queued and in-flight requests on every enqueue.
+        Index("ix_allocation_requests_owner_state", "owner", "state"),
+    )
+
+
+class AllocationTurnRow(Base):
+    """When each user's request was last taken at each provider: the round-robin turn.
+
+    Fair dispatch serves users holding fewer slots first and, among equals, the user
+    served least recently. Without this a user whose slots were all just reclaimed
+    would tie with users never served, and its older request ids would win every tie:
+    the big user's 500 voices would starve everyone else one freed slot at a time.
+    """
+
+    __tablename__ = "allocation_turns"
+
+    provider: Mapped[str] = mapped_column(String(40), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(128), primary_key=True)
+    last_claimed_at: Mapped[datetime] = mapped_column(UtcDateTime)
 
 
 class LeaseRow(Base):
     __tablename__ = "leases"
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
-    voice_id: Mapped[str] = mapped_column(ForeignKey("voices.id", ondelete="CASCADE"), index=True)
+    voice_id: Mapped[str] = mapped_column(ForeignKey("voices.id", ondelete="CASCADE"))
     owner: Mapped[str] = mapped_column(String(128))
     holder: Mapped[str] = mapped_column(String(200), default="")
     expires_at: Mapped[datetime] = mapped_column(UtcDateTime, index=True)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+    # Every EnsureActiveVoice and reclaim counts a voice's *active* leases: (voice, expiry)
+    # answers that from the index alone, however many expired leases await the sweeper.
+    __table_args__ = (Index("ix_leases_voice_id_expires_at", "voice_id", "expires_at"),)
 
 
 class VoiceEventRow(Base):

@@ -12,11 +12,12 @@ import hashlib
 import random
 import re
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from allocator_svc.dispatcher import Dispatcher
+from allocator_svc.domain.breaker import BreakerPolicy
 from allocator_svc.domain.reclaim import LeastRecentlyUsed, ReclaimPolicy
 from allocator_svc.domain.retry import RetryPolicy
 from allocator_svc.domain.states import EventReason, VoiceState
@@ -35,6 +36,7 @@ from voiceslot.pagination import decode_token, encode_token, page_size
 from voiceslot.providers.base import Provider
 from voiceslot.providers.errors import ProviderError, VoiceNotFound
 from voiceslot.storage.base import Storage
+from voiceslot.token_bucket import TokenBucket
 
 log = get_logger(__name__)
 
@@ -73,6 +75,34 @@ def require_id(field: str, value: str, prefix: str) -> str:
     return value
 
 
+def default_reclaim_policy(config: AllocatorConfig) -> ReclaimPolicy:
+    """LRU, never evicting a voice sooner after it became ready than the shorter of 10 s
+    and the idle threshold: a deployment that calls a voice idle after 1 s has said it
+    wants slots to turn over that fast, and the residency exists only to let the
+    requester come back for its lease before anyone may evict the voice."""
+    residency = min(LeastRecentlyUsed.min_residency, timedelta(seconds=config.idle_reclaim_after_s))
+    return LeastRecentlyUsed(min_residency=residency)
+
+
+class ChangeFeed:
+    """Wakes everyone waiting for "something changed" in this process.
+
+    ``notify`` is synchronous, so the dispatcher's completions (plain callbacks) can call
+    it. Waiters take ``waiter()`` *before* reading the state they compare, so a change
+    that lands between the read and the wait is not missed.
+    """
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+
+    def notify(self) -> None:
+        event, self._event = self._event, asyncio.Event()
+        event.set()
+
+    def waiter(self) -> asyncio.Event:
+        return self._event
+
+
 class Allocator:
     def __init__(
         self,
@@ -85,13 +115,18 @@ class Allocator:
         clock: Clock | None = None,
         reclaim_policy: ReclaimPolicy | None = None,
         rng: random.Random | None = None,
+        breaker: BreakerPolicy | None = None,
+        bucket: TokenBucket | None = None,
+        capacities: Mapping[str, int | None] | None = None,
     ) -> None:
         self.repo = repo
+        self._capacities = dict(capacities or {})
         self.providers = providers
         self.storage = storage
         self.config = config
         self.default_provider = default_provider
         self.clock = clock or SystemClock()
+        self.changes = ChangeFeed()
         self.lifecycle = Lifecycle(
             repo=repo,
             providers=providers,
@@ -100,17 +135,19 @@ class Allocator:
             retry=RetryPolicy(config.max_attempts, config.backoff_base_s, config.backoff_max_s),
             label_prefix=config.label_prefix,
             rng=rng,
+            breaker=breaker,
+            bucket=bucket,
+            on_change=self.changes.notify,
         )
         self.dispatcher = Dispatcher(
             repo=repo,
             lifecycle=self.lifecycle,
             config=config,
-            reclaim_policy=reclaim_policy or LeastRecentlyUsed(),
+            reclaim_policy=reclaim_policy or default_reclaim_policy(config),
             providers=list(providers),
         )
         self.maintenance = Maintenance(repo=repo, lifecycle=self.lifecycle, config=config)
         self._maintenance_task: asyncio.Task[None] | None = None
-        self._changed = asyncio.Condition()
 
     # -- lifecycle of the service itself -----------------------------------------------------
 
@@ -126,7 +163,11 @@ class Allocator:
                 self._maintenance_task = asyncio.create_task(self._maintenance_loop())
 
     async def _capacity_of(self, name: str, provider: Provider) -> int:
-        configured = getattr(getattr(provider, "config", None), "capacity", None)
+        """The configured capacity, else what the provider reports. A configured one
+        needs no call: a replica must be able to start while its provider is down."""
+        configured = self._capacities.get(name) or getattr(
+            getattr(provider, "config", None), "capacity", None
+        )
         if configured:
             return int(configured)
         try:
@@ -156,8 +197,7 @@ class Allocator:
                 log.error("maintenance round failed", error=repr(exc))
 
     async def _notify(self) -> None:
-        async with self._changed:
-            self._changed.notify_all()
+        self.changes.notify()
 
     # -- voices ------------------------------------------------------------------------------
 
@@ -244,7 +284,7 @@ class Allocator:
 
     async def delete_voice(self, who: Principal, voice_id: str, *, force: bool) -> None:
         require_id("voice_id", voice_id, "v")
-        voice = await self.repo.delete_voice(
+        voice, pending = await self.repo.begin_delete(
             voice_id, self.clock.now(), owner=who.owner_filter(), force=force
         )
         if voice.provider_voice_id:
@@ -258,6 +298,8 @@ class Allocator:
                     voice=voice_id,
                     error=str(exc),
                 )
+        if pending:
+            await self.repo.finish_delete(voice_id, self.clock.now())
         await self.storage.delete(voice.sample_key)
         self.dispatcher.wake(voice.provider)
         await self._notify()
@@ -310,6 +352,7 @@ class Allocator:
         )
         if isinstance(outcome, Queued):
             self.dispatcher.wake(outcome.voice.provider)
+            self.changes.notify()
         return outcome
 
     async def renew_lease(self, who: Principal, lease_id: str, *, ttl_s: float | None) -> Lease:
@@ -320,7 +363,11 @@ class Allocator:
 
     async def release_lease(self, who: Principal, lease_id: str) -> None:
         require_id("lease_id", lease_id, "ls")
-        await self.repo.release_lease(lease_id, self.clock.now(), owner=who.owner_filter())
+        provider = await self.repo.release_lease(
+            lease_id, self.clock.now(), owner=who.owner_filter()
+        )
+        if provider is not None:
+            self.dispatcher.wake(provider)  # the voice may be what a waiting request needs
 
     async def watch_voice(
         self, who: Principal, voice_id: str, *, poll_s: float = 0.5
@@ -334,15 +381,20 @@ class Allocator:
         yield voice
         seen = (voice.state.value, voice.updated_at)
         while True:
-            async with self._changed:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._changed.wait(), poll_s)
+            changed = self.changes.waiter()
             key = await self.repo.watch_key(voice_id)
             if key is None:
                 return
             if key != seen:
-                seen = key
-                yield await self.get_voice(who, voice_id)
+                try:
+                    voice = await self.get_voice(who, voice_id)
+                except NotFound:
+                    return  # deleted since the look above
+                seen = (voice.state.value, voice.updated_at)
+                yield voice
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), poll_s)
 
     # -- admin ------------------------------------------------------------------------------
 

@@ -1,0 +1,138 @@
+"""Shared plumbing of the benchmarks: a throwaway database, allocator replicas as
+processes, a closed-loop gRPC load generator. Not tests: nothing here asserts speed."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = Path(__file__).resolve().parent / "results"
+PG_SERVER = os.environ.get("VOICESLOT_BENCH_PG", "postgresql://postgres@127.0.0.1:5432")
+
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+@contextmanager
+def scratch_database(kind: str, workdir: Path) -> Iterator[str]:
+    """A fresh database URL (``postgres`` or ``sqlite``), dropped afterwards."""
+    if kind == "sqlite":
+        yield f"sqlite+aiosqlite:///{workdir / 'bench.sqlite3'}"
+        return
+    import psycopg
+
+    name = f"vs_bench_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(f"{PG_SERVER}/postgres", autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"postgresql+asyncpg://{PG_SERVER.split('://', 1)[1]}/{name}"
+    finally:
+        with psycopg.connect(f"{PG_SERVER}/postgres", autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def spawn(args: list[str], *, log: Path, env: dict[str, str] | None = None) -> tuple[Any, int]:
+    """Start a server process that prints "... on port N" on stdout; (process, port).
+    With VOICESLOT_BENCH_PROFILE=<dir> set, Python servers run under cProfile and leave
+    their profile there (for finding where the time goes, not for the numbers)."""
+    profile_dir = os.environ.get("VOICESLOT_BENCH_PROFILE")
+    if profile_dir and args[0] == sys.executable:
+        out = Path(profile_dir) / f"{log.stem}.prof"
+        args = [sys.executable, "-m", "cProfile", "-o", str(out), *args[1:]]
+    with open(log, "w") as err:
+        proc = subprocess.Popen(
+            args, stdout=subprocess.PIPE, stderr=err, text=True, env={**os.environ, **(env or {})}
+        )
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if match := re.search(r"on port (\d+)", line):
+            return proc, int(match.group(1))
+    raise RuntimeError(f"{args} exited ({proc.wait()}): {log.read_text()[-2000:]}")
+
+
+def stop(proc: Any) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@dataclass
+class LoadResult:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    calls: int
+
+
+async def closed_loop(
+    call: Callable[[int], Awaitable[Any]], *, concurrency: int, warmup_s: float, measure_s: float
+) -> LoadResult:
+    """``concurrency`` callers, each issuing ``call`` back to back; counts the calls that
+    complete inside the measurement window (after a warm-up)."""
+    latencies: list[float] = []
+    state = {"measuring": False, "stop": False}
+
+    async def caller(i: int) -> None:
+        while not state["stop"]:
+            started = time.perf_counter()
+            await call(i)
+            if state["measuring"]:
+                latencies.append(time.perf_counter() - started)
+
+    tasks = [asyncio.create_task(caller(i)) for i in range(concurrency)]
+    await asyncio.sleep(warmup_s)
+    state["measuring"] = True
+    began = time.perf_counter()
+    await asyncio.sleep(measure_s)
+    state["measuring"] = False
+    elapsed = time.perf_counter() - began
+    state["stop"] = True
+    await asyncio.gather(*tasks)
+    latencies.sort()
+    n = len(latencies)
+    return LoadResult(
+        rps=n / elapsed,
+        p50_ms=1000 * latencies[n // 2] if n else 0.0,
+        p99_ms=1000 * latencies[min(n - 1, int(n * 0.99))] if n else 0.0,
+        calls=n,
+    )
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip()
+    except OSError:
+        return ""
+
+
+def write_result(name: str, result: dict[str, Any]) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    result = {
+        **result,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "commit": git_commit(),
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    return path

@@ -1,0 +1,83 @@
+"""EnsureActiveVoice's hot path (lease a READY voice) under concurrency, on both
+databases; on PostgreSQL that is the batched single-statement path."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+import pytest
+
+from allocator_svc.domain.states import EventReason, VoiceState
+from allocator_svc.records import Allocating, Queued, ReadyOutcome
+from allocator_svc.repository import AllocatorRepository
+from voiceslot.errors import NotFound
+
+from .conftest import add_voice, at, claim, ensure_params, make_ready
+
+
+async def test_concurrent_leases_each_get_the_right_answer(repo: AllocatorRepository):
+    await repo.upsert_providers([("p", "cartesia", 4)], at(0))
+    ready = [await add_voice(repo, f"owner{i}") for i in range(3)]
+    allocating = await add_voice(repo, "owner9")
+    for v in [*ready, allocating]:
+        await repo.ensure_active(ensure_params(v.id), at(0))
+    for c in (await claim(repo, at(1), limit=3)).claims:
+        await make_ready(repo, c, at(1))
+    assert {v.id for v in ready} == {
+        v.id for v in ready if (await repo.get_voice(v.id, at(1))).state == VoiceState.READY
+    }
+    await claim(repo, at(1))  # the fourth voice goes ALLOCATING and stays there
+
+    calls = []
+    for i in range(120):
+        voice = ready[i % 3]
+        if i % 10 == 0:  # someone else's voice, by a user: must look like it does not exist
+            calls.append(("stranger", voice.id))
+        elif i % 10 == 1:
+            calls.append(("owner9", allocating.id))
+        else:
+            calls.append((voice.owner, voice.id))
+    outcomes = await asyncio.gather(
+        *(repo.ensure_active(ensure_params(vid, owner=owner), at(2)) for owner, vid in calls),
+        return_exceptions=True,
+    )
+    granted: dict[str, int] = {}
+    lease_ids = set()
+    for (owner, voice_id), out in zip(calls, outcomes, strict=True):
+        if owner == "stranger":
+            assert isinstance(out, NotFound)
+        elif voice_id == allocating.id:
+            assert isinstance(out, Allocating | Queued)
+        else:
+            assert isinstance(out, ReadyOutcome), out
+            assert out.voice.id == voice_id and out.lease.voice_id == voice_id
+            assert out.lease.expires_at == at(2) + timedelta(seconds=60)
+            assert out.voice.owner == owner and out.voice.provider_voice_id
+            granted[voice_id] = granted.get(voice_id, 0) + 1
+            lease_ids.add(out.lease.id)
+    expected = sum(owner != "stranger" and vid != allocating.id for owner, vid in calls)
+    assert len(lease_ids) == sum(granted.values()) == expected
+    for voice in ready:
+        after = await repo.get_voice(voice.id, at(2))
+        assert after.active_leases == granted[voice.id]
+        assert after.last_used_at == at(2)
+        events = await repo.list_events(voice.id, before_id=None, limit=500)
+        assert sum(e.reason == EventReason.LEASED for e in events) == granted[voice.id]
+
+
+async def test_a_lease_keeps_a_voice_from_reclaim_and_its_expiry_frees_it(
+    repo: AllocatorRepository,
+):
+    await repo.upsert_providers([("p", "cartesia", 1)], at(0))
+    voice, waiting = await add_voice(repo, "a"), await add_voice(repo, "b")
+    await repo.ensure_active(ensure_params(voice.id), at(0))
+    (c,) = (await claim(repo, at(1))).claims
+    await make_ready(repo, c, at(1))
+    lease = await repo.ensure_active(ensure_params(voice.id), at(2))  # 60 s lease
+    assert isinstance(lease, ReadyOutcome) and lease.voice.active_leases == 1
+    await repo.ensure_active(ensure_params(waiting.id), at(3))
+    assert (await claim(repo, at(61))).reclaims == []
+    assert [t.voice_id for t in (await claim(repo, at(62))).reclaims] == [voice.id]
+    with pytest.raises(NotFound):
+        await repo.renew_lease(lease.lease.id, timedelta(seconds=5), at(63), owner=None)
