@@ -19,10 +19,14 @@ from dataclasses import dataclass
 import grpc
 from grpc_status import rpc_status
 
+from synth_svc.domain.timing import renew_every_s
 from voiceslot import errors
+from voiceslot.logs import get_logger
 from voiceslot.v1 import allocator_pb2 as pb
 from voiceslot.v1 import allocator_pb2_grpc as pb_grpc
 from voiceslot.v1 import common_pb2
+
+log = get_logger(__name__)
 
 _FAILED = common_pb2.VOICE_STATE_FAILED
 _READY = common_pb2.VOICE_STATE_READY
@@ -71,6 +75,8 @@ class AllocatorClient:
         self._stub = pb_grpc.AllocatorServiceStub(self._channel)
         self._credential = credential
         self._holder = holder
+        self._shared: dict[tuple[str, str], _SharedLease] = {}
+        self._pending: dict[tuple[str, str], asyncio.Future[None]] = {}
 
     def _metadata(self) -> tuple[tuple[str, str], ...]:
         return (("authorization", f"Bearer {self._credential()}"),)
@@ -89,13 +95,18 @@ class AllocatorClient:
             raise _as_domain_error(exc) from None
 
     async def acquire(self, voice_id: str, *, deadline: float) -> ActiveVoice:
-        """A ready voice with a lease, or an error once ``deadline`` (monotonic) passes."""
+        """A ready voice with a lease, or an error by ``deadline`` (monotonic).
+
+        The deadline is the time by which the caller must have its answer, so once waiting
+        for the voice has used it up we answer at once with what we know (the allocator's
+        last estimate as RetryInfo) instead of asking the allocator again past it."""
         while True:
             response = await self._ensure(voice_id, deadline - time.monotonic())
             voice = response.voice
             if response.HasField("ready"):
                 lease = response.ready.lease
-                ttl = max(1.0, lease.expires_at.ToDatetime().timestamp() - time.time())
+                # Epoch seconds straight from the Timestamp: no naive datetime read as local time.
+                ttl = max(1.0, lease.expires_at.ToNanoseconds() / 1e9 - time.time())
                 return ActiveVoice(
                     voice.voice_id,
                     voice.provider,
@@ -114,7 +125,12 @@ class AllocatorClient:
                 else response.allocating.estimated_wait
             ).ToNanoseconds() / 1e9
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            settled = (
+                await self._wait_until_settled(voice_id, timeout=remaining)
+                if remaining > 0
+                else None
+            )
+            if settled is None:  # the caller's time is up and the voice is still waiting
                 raise errors.QuotaExceeded(
                     f"voice {voice_id} is waiting for a slot; retry later",
                     violations=(
@@ -122,31 +138,35 @@ class AllocatorClient:
                     ),
                     retry_after=max(1.0, wait),
                 )
-            settled = await self._wait_until_settled(voice_id, timeout=remaining)
             # Asking again would re-queue a dead-lettered voice: report it instead.
-            if settled is not None and settled.state == _FAILED:
+            if settled.state == _FAILED:
                 raise errors.Unavailable(
                     f"voice {voice_id} could not be allocated: {settled.last_error}",
                     retry_after=5.0,
                 )
 
     async def _wait_until_settled(self, voice_id: str, *, timeout: float) -> pb.Voice | None:
-        """Follow WatchVoice until READY or FAILED (returned), or None after ``timeout``."""
+        """Follow WatchVoice until READY or FAILED and return that voice; None only when
+        ``timeout`` passes first. A watch that ends early (the allocator restarting, say)
+        returns the last voice seen, so the caller asks again while it has time."""
         call = self._stub.WatchVoice(
             pb.WatchVoiceRequest(voice_id=voice_id),
             metadata=self._metadata(),
-            timeout=max(0.1, timeout),
+            timeout=max(0.05, timeout),
         )
+        last = pb.Voice(voice_id=voice_id)
         try:
             async for update in call:
+                last = update.voice
                 if update.voice.state in (_READY, _FAILED):
                     return update.voice
         except grpc.aio.AioRpcError as exc:
-            if exc.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
-                raise _as_domain_error(exc) from None
+            if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                return None
+            raise _as_domain_error(exc) from None
         finally:
             call.cancel()
-        return None
+        return last
 
     async def get_voice(self, voice_id: str) -> pb.Voice:
         try:
@@ -171,21 +191,91 @@ class AllocatorClient:
 
     @asynccontextmanager
     async def leased(self, voice_id: str, *, deadline: float) -> AsyncIterator[ActiveVoice]:
-        """Hold a lease for the block: renewed in the background at a third of its TTL,
-        released on every exit path (success, error, cancellation)."""
-        active = await self.acquire(voice_id, deadline=deadline)
+        """Hold a lease on the voice for the block: renewed in the background at a third
+        of its TTL, released on every exit path (success, error, cancellation).
 
-        async def keep_renewed() -> None:
-            while True:
-                await asyncio.sleep(active.lease_ttl_s / 3)
-                with contextlib.suppress(grpc.aio.AioRpcError):
-                    await self.renew(active.lease_id)
-
-        renewer = asyncio.create_task(keep_renewed())
+        Blocks that overlap in time on the same voice *with the same credential* share
+        one lease: the first one takes it, the last one out releases it. A lease protects
+        the voice, not the call, so one is enough, and a busy voice (a batch job's items,
+        a user's concurrent streams) costs no allocator round trips per call. Different
+        credentials never share: each caller's right to the voice is checked by the
+        allocator when it takes its own lease."""
+        key = (self._credential(), voice_id)
+        shared = await self._join_or_acquire(key, voice_id, deadline=deadline)
         try:
-            yield active
+            yield shared.active
         finally:
-            renewer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await renewer
-            await asyncio.shield(self.release(active.lease_id))
+            shared.users -= 1
+            if shared.users == 0:
+                if self._shared.get(key) is shared:
+                    del self._shared[key]
+                if shared.renewer is not None:
+                    shared.renewer.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await shared.renewer
+                await asyncio.shield(self.release(shared.active.lease_id))
+
+    async def _join_or_acquire(
+        self, key: tuple[str, str], voice_id: str, *, deadline: float
+    ) -> _SharedLease:
+        """Join the lease in use for ``key``; else wait (within ``deadline``) for one being
+        taken right now; else take one. Only one block per key asks the allocator at a
+        time, so calls arriving together still end up on one lease."""
+        while True:
+            shared = self._shared.get(key)
+            if shared is not None:
+                shared.users += 1
+                return shared
+            pending = self._pending.get(key)
+            if pending is None:
+                break
+            try:
+                await asyncio.wait_for(
+                    asyncio.shield(pending), timeout=max(0.0, deadline - time.monotonic())
+                )
+            except Exception:  # its taker failed or our time is up: ask for ourselves
+                break
+        taking: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        taking.add_done_callback(lambda f: f.cancelled() or f.exception())  # never unread
+        mine = self._pending.setdefault(key, taking) is taking
+        try:
+            active = await self.acquire(voice_id, deadline=deadline)
+        except BaseException:
+            if mine:
+                del self._pending[key]
+                taking.set_exception(errors.Unavailable("taking the lease failed"))
+            raise
+        shared = _SharedLease(active)
+        shared.renewer = asyncio.create_task(self._keep_renewed(key, shared))
+        self._shared.setdefault(key, shared)  # another block's may stand: ours stays private
+        if mine:
+            del self._pending[key]
+            taking.set_result(None)
+        return shared
+
+    async def _keep_renewed(self, key: tuple[str, str], shared: _SharedLease) -> None:
+        active = shared.active
+        while True:
+            await asyncio.sleep(renew_every_s(active.lease_ttl_s))
+            try:
+                await self.renew(active.lease_id)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.NOT_FOUND:
+                    # It lapsed (renewals late by a whole TTL): nothing left to renew, and
+                    # blocks starting from now take a fresh lease instead of joining it.
+                    log.warning(
+                        "lease lapsed while in use", voice=active.voice_id, lease=active.lease_id
+                    )
+                    if self._shared.get(key) is shared:
+                        del self._shared[key]
+                    return
+                # Anything else may pass: the next round tries again.
+
+
+@dataclass(eq=False)
+class _SharedLease:
+    """One lease and the blocks using it."""
+
+    active: ActiveVoice
+    users: int = 1
+    renewer: asyncio.Task[None] | None = None

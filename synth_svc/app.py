@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -14,7 +15,9 @@ from synth_svc.batch import BatchJobs
 from synth_svc.repository import JobRepository
 from synth_svc.service import Synthesizer
 from synth_svc.servicer import SynthesizerServicer
-from synth_svc.worker import BatchWorker
+from synth_svc.worker import (
+    BatchWorker,
+)
 from voiceslot.clock import Clock, SystemClock
 from voiceslot.config import Settings
 from voiceslot.credentials import read_local_key
@@ -30,6 +33,7 @@ VERSION_TABLE = "alembic_version_synth"
 
 
 async def migrate(url: str) -> None:
+    """Bring the synthesizer's tables to head; replicas starting at once take turns."""
     await upgrade_to_head(MIGRATIONS, url, version_table=VERSION_TABLE)
 
 
@@ -54,7 +58,7 @@ class SynthApp:
     def connect(self, allocator_target: str, *, internal_key: str | None = None) -> None:
         """Point at the allocator; called once the address is known (after the server
         binds, when both run in one process)."""
-        holder = f"synth-{socket.gethostname()}-{os.getpid()}"
+        holder = self.worker.holder
         # Calls on behalf of a caller carry the caller's own credential, so the
         # allocator applies the caller's rights (another user's voice stays NOT_FOUND).
         self._client = AllocatorClient(
@@ -76,6 +80,11 @@ class SynthApp:
         if self._client is not None:
             await self._client.close()
         await self.engine.dispose()
+
+
+def replica_name() -> str:
+    """This replica's name on leases and claimed batch items: host and process."""
+    return f"synth-{socket.gethostname()}-{os.getpid()}"
 
 
 async def build_synth(
@@ -111,7 +120,11 @@ async def build_synth(
         config=settings.synth,
         storage_config=settings.storage,
         clock=clock,
+        holder=replica_name(),
+        item_lease=timedelta(seconds=settings.synth.item_lease_s),
+        retention_every_s=settings.synth.retention_every_s,
     )
+    batch.on_created = worker.wake
     registration = ServiceRegistration(
         full_name=synthesizer_pb2.DESCRIPTOR.services_by_name["SynthesizerService"].full_name,
         add_to_server=synthesizer_pb2_grpc.add_SynthesizerServiceServicer_to_server,

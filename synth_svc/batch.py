@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 
 from synth_svc.allocator_client import AllocatorClient
@@ -63,7 +63,7 @@ class BatchJobs:
         storage: Storage,
         config: SynthConfig,
         clock: Clock,
-        allocator: callable,
+        allocator: Callable[[], AllocatorClient],
         presign_ttl_s: int,
     ) -> None:
         self.jobs = jobs
@@ -73,6 +73,9 @@ class BatchJobs:
         self._allocator = allocator
         self.presign_ttl_s = presign_ttl_s
         self.changed = asyncio.Condition()
+        self.on_created: Callable[[], None] | None = None
+        """Called after a job is stored: this replica's worker starts on it at once
+        instead of at its next poll (``synth_svc.app`` wires it)."""
 
     @property
     def allocator(self) -> AllocatorClient:
@@ -112,6 +115,8 @@ class BatchJobs:
             idempotency_key=idempotency_key or None,
             now=self.clock.now(),
         )
+        if self.on_created is not None:
+            self.on_created()
         return job
 
     async def get(self, who: Principal, job_id: str) -> Job:

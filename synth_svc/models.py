@@ -58,6 +58,9 @@ class BatchItemRow(Base):
     run_at: Mapped[datetime] = mapped_column(UtcDateTime)
     lease_token: Mapped[str | None] = mapped_column(String(40))
     lease_expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    claimed_by: Mapped[str | None] = mapped_column(String(200))
+    """The worker that claimed the item last (kept after it finishes): who rendered it, or
+    who held it when it was taken over."""
     error: Mapped[str] = mapped_column(String(500), default="")
     audio_key: Mapped[str | None] = mapped_column(String(300))
     audio_seconds: Mapped[float] = mapped_column(Float, default=0.0)

@@ -235,9 +235,16 @@ class JobRepository:
                 row.state, row.updated_at, row.finished_at = JobState.CANCELLED.value, now, now
             return _job(row)
 
-    async def claim(self, *, now: datetime, limit: int, lease: timedelta) -> list[ClaimedItem]:
+    async def claim(
+        self, *, now: datetime, limit: int, lease: timedelta, holder: str = ""
+    ) -> list[ClaimedItem]:
         """Up to ``limit`` due items: pending ones, and running ones whose worker's lease
-        expired (the worker died). Oldest jobs first, items in order."""
+        expired (the worker died). Oldest jobs first, items in order.
+
+        The claiming transaction locks item rows only (``SKIP LOCKED``: replicas never wait
+        on each other's claims). Jobs are marked running in a second, conditional update:
+        taking a job row lock while holding item locks would order locks opposite to
+        ``finish`` and ``cancel_job`` (job, then items) and could deadlock with them."""
         async with self._sessions.begin() as s:
             due = or_(
                 and_(BatchItemRow.state == ItemState.PENDING.value, BatchItemRow.run_at <= now),
@@ -247,7 +254,8 @@ class JobRepository:
                 ),
             )
             q = (
-                select(BatchItemRow, BatchJobRow)
+                select(BatchItemRow, BatchJobRow.voice_id, BatchJobRow.owner)
+                .add_columns(BatchJobRow.encoding, BatchJobRow.sample_rate, BatchJobRow.state)
                 .join(BatchJobRow, BatchJobRow.id == BatchItemRow.job_id)
                 .where(due, BatchJobRow.state.in_((JobState.PENDING.value, JobState.RUNNING.value)))
                 .order_by(BatchJobRow.created_at, BatchItemRow.position)
@@ -255,27 +263,63 @@ class JobRepository:
                 .with_for_update(skip_locked=True, of=BatchItemRow)
             )
             claimed = []
-            for item, job in (await s.execute(q)).all():
+            pending_jobs = set()
+            for item, voice_id, owner, encoding, sample_rate, job_state in (
+                await s.execute(q)
+            ).all():
                 token = uuid.uuid4().hex
                 item.state, item.lease_token = ItemState.RUNNING.value, token
                 item.lease_expires_at, item.updated_at = now + lease, now
+                item.claimed_by = holder or None
                 item.attempts += 1
-                if job.state == JobState.PENDING.value:
-                    job.state, job.updated_at = JobState.RUNNING.value, now
+                if job_state == JobState.PENDING.value:
+                    pending_jobs.add(item.job_id)
                 claimed.append(
                     ClaimedItem(
                         item.id,
-                        job.id,
-                        job.voice_id,
-                        job.owner,
+                        item.job_id,
+                        voice_id,
+                        owner,
                         item.text,
-                        job.encoding,
-                        job.sample_rate,
+                        encoding,
+                        sample_rate,
                         item.attempts,
                         token,
                     )
                 )
-            return claimed
+        if pending_jobs:
+            async with self._sessions.begin() as s:
+                await s.execute(
+                    update(BatchJobRow)
+                    .where(
+                        BatchJobRow.id.in_(sorted(pending_jobs)),
+                        BatchJobRow.state == JobState.PENDING.value,
+                    )
+                    .values(state=JobState.RUNNING.value, updated_at=now)
+                )
+        return claimed
+
+    async def hand_back(self, claim: ClaimedItem, *, now: datetime) -> bool:
+        """Return an item whose worker is stopping to the queue at once, without counting
+        the attempt (the stop was not the item's fault); in a job cancelled meanwhile the
+        item is cancelled instead. Fenced by the claim's token: False if it was already
+        taken over. Locks job then item, like ``finish``."""
+        async with self._sessions.begin() as s:
+            job = await s.get(BatchJobRow, claim.job_id, with_for_update=True)
+            item = await s.get(BatchItemRow, claim.id, with_for_update=True)
+            if (
+                job is None
+                or item is None
+                or item.lease_token != claim.token
+                or item.state != ItemState.RUNNING.value
+            ):
+                return False
+            cancelled = job.state == JobState.CANCELLED.value
+            item.state = ItemState.CANCELLED.value if cancelled else ItemState.PENDING.value
+            item.lease_token, item.lease_expires_at = None, None
+            item.run_at, item.updated_at = now, now
+            item.attempts = max(0, item.attempts - 1)
+            return True
 
     async def extend(self, item_id: str, token: str, *, until: datetime) -> bool:
         async with self._sessions.begin() as s:

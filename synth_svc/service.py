@@ -7,20 +7,24 @@ being reclaimed. Knows nothing of gRPC.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from synth_svc.allocator_client import ActiveVoice, AllocatorClient
 from synth_svc.domain.formats import OutputFormat
 from voiceslot import errors, telemetry
-from voiceslot.audio import StreamEncoder, encode
+from voiceslot.audio import StreamEncoder, encode, supported_rate
 from voiceslot.config import SynthConfig
 from voiceslot.logs import get_logger
 from voiceslot.providers.base import PcmAudio, Provider, SynthesisRequest
 from voiceslot.text import split_sentences, validate_text
 
 log = get_logger(__name__)
+
+T = TypeVar("T")
 
 # Sentences handed to an engine at once. XTTS asserts past ~400 tokens and truncates past
 # 250 characters in English; splitting here keeps every engine inside its limits.
@@ -98,41 +102,52 @@ class Synthesizer:
 
     async def stream(self, request: SpeechRequest, *, deadline: float) -> AsyncIterator[AudioChunk]:
         """Encoded audio, in order, sentence by sentence. The first chunk carries the
-        container header (for WAV a streaming header)."""
+        container header (for WAV a streaming header) and leaves as soon as the engine's
+        first audio does, not once the whole text is spoken.
+
+        The lease is released and the encoder (for MP3/Opus a codec with a pipe and a
+        reader thread) closed on every way out: the end, an engine error, or the caller
+        going away (cancellation)."""
         sentences = self.prepare(request)
         started = time.perf_counter()
         async with self.allocator.leased(request.voice_id, deadline=deadline) as active:
             encoder: StreamEncoder | None = None
-            fmt = request.format
-            sequence = samples = rate = 0
-            async for index, pcm in self._pcm(active, sentences, request):
-                if encoder is None:
-                    rate = pcm.sample_rate
-                    fmt = fmt.resolved(rate)
-                    encoder = StreamEncoder(
-                        fmt.encoding, input_rate=rate, output_rate=fmt.sample_rate
-                    )
-                    data = encoder.start() + encoder.feed(pcm)
-                    telemetry.SYNTH_FIRST_CHUNK_SECONDS.labels(active.provider).observe(
-                        time.perf_counter() - started
-                    )
-                else:
-                    if pcm.sample_rate != rate:
-                        raise errors.Unavailable("the engine changed sample rate mid-utterance")
-                    data = encoder.feed(pcm)
-                samples += len(pcm.pcm16) // 2
-                if data:
-                    yield AudioChunk(data, sequence, index, fmt)
-                    sequence += 1
-            assert encoder is not None  # _pcm raised if there was no audio at all
-            if tail := encoder.finish():
-                yield AudioChunk(tail, sequence, len(sentences) - 1, fmt)
+            try:
+                fmt = request.format
+                sequence = samples = rate = 0
+                async for index, pcm in self._pcm(active, sentences, request):
+                    if encoder is None:
+                        rate = pcm.sample_rate
+                        fmt = fmt.resolved(rate)
+                        encoder = StreamEncoder(
+                            fmt.encoding, input_rate=rate, output_rate=fmt.sample_rate
+                        )
+                        fmt = OutputFormat(fmt.encoding, encoder.sample_rate)
+                        data = await _run(fmt, _start_and_feed, encoder, pcm)
+                        telemetry.SYNTH_FIRST_CHUNK_SECONDS.labels(active.provider).observe(
+                            time.perf_counter() - started
+                        )
+                    else:
+                        if pcm.sample_rate != rate:
+                            raise errors.Unavailable("the engine changed sample rate mid-utterance")
+                        data = await _run(fmt, encoder.feed, pcm)
+                    samples += len(pcm.pcm16) // 2
+                    if data:
+                        yield AudioChunk(data, sequence, index, fmt)
+                        sequence += 1
+                assert encoder is not None  # _pcm raised if there was no audio at all
+                if tail := await _run(fmt, encoder.finish):
+                    yield AudioChunk(tail, sequence, len(sentences) - 1, fmt)
+            finally:
+                if encoder is not None:
+                    encoder.close()
             self._observe(active.provider, "stream", started, samples / rate)
 
     async def synthesize(
         self, request: SpeechRequest, *, deadline: float
     ) -> tuple[bytes, OutputFormat, float]:
-        """The whole utterance: (encoded bytes, format, audio seconds)."""
+        """The whole utterance: (encoded bytes, format, audio seconds). The lease covers
+        the engine only; encoding happens after it is released."""
         sentences = self.prepare(request)
         started = time.perf_counter()
         async with self.allocator.leased(request.voice_id, deadline=deadline) as active:
@@ -141,8 +156,11 @@ class Synthesizer:
         if any(p.sample_rate != rate for p in pieces):
             raise errors.Unavailable("the engine changed sample rate mid-utterance")
         fmt = request.format.resolved(rate)
+        fmt = OutputFormat(fmt.encoding, supported_rate(fmt.encoding, fmt.sample_rate))
         whole = PcmAudio(b"".join(p.pcm16 for p in pieces), rate)
-        data = encode(whole, fmt.encoding, sample_rate=fmt.sample_rate)
+        # One hop to a thread for the whole file: minutes of audio are worth moving off
+        # the event loop whatever the encoding.
+        data = await asyncio.to_thread(encode, whole, fmt.encoding, sample_rate=fmt.sample_rate)
         self._observe(active.provider, "unary", started, whole.duration_s)
         return data, fmt, whole.duration_s
 
@@ -152,3 +170,29 @@ class Synthesizer:
         telemetry.SYNTH_SECONDS.labels(provider, mode).observe(elapsed)
         if audio_s > 0:
             telemetry.SYNTH_RTF.labels(provider).observe(elapsed / audio_s)
+
+
+# Encodings whose work per chunk is a copy (and a resample at most): cheaper inline than a
+# hop to a worker thread. MP3 and Opus run a codec and go to a thread, off the event loop.
+_INLINE_ENCODINGS = frozenset({"wav", "pcm16"})
+
+
+async def _run(fmt: OutputFormat, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Run encoder work for ``fmt``: inline when it is cheap, else in a worker thread so
+    other calls' chunks keep flowing while a codec works.
+
+    A cancelled caller still waits for the thread's work to end before going on: the
+    encoder is closed on the way out, and closing a codec that a thread is still writing
+    to would corrupt it (libsndfile is not thread-safe)."""
+    if fmt.encoding in _INLINE_ENCODINGS:
+        return fn(*args, **kwargs)
+    work = asyncio.ensure_future(asyncio.to_thread(fn, *args, **kwargs))
+    try:
+        return await asyncio.shield(work)
+    except asyncio.CancelledError:
+        await asyncio.wait([work])
+        raise
+
+
+def _start_and_feed(encoder: StreamEncoder, pcm: PcmAudio) -> bytes:
+    return encoder.start() + encoder.feed(pcm)

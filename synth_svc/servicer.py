@@ -10,6 +10,7 @@ import grpc
 from synth_svc.batch import BatchJobs
 from synth_svc.domain.batch import ItemState, JobState
 from synth_svc.domain.formats import OutputFormat, requested_format
+from synth_svc.domain.timing import wait_budget_s
 from synth_svc.repository import Item, Job
 from synth_svc.service import SpeechRequest, Synthesizer
 from voiceslot.rpc.convert import duration, timestamp
@@ -44,8 +45,10 @@ def format_pb(fmt: OutputFormat) -> common_pb2.AudioFormat:
 
 
 def deadline_of(context: grpc.aio.ServicerContext) -> float:
-    remaining = context.time_remaining()
-    return time.monotonic() + (DEFAULT_WAIT_S if remaining is None else remaining)
+    """When this call must have its answer ready (monotonic): a little before the caller's
+    own deadline, so a voice still queued then is answered RESOURCE_EXHAUSTED with
+    RetryInfo that the caller actually receives (see ``wait_budget_s``)."""
+    return time.monotonic() + wait_budget_s(context.time_remaining(), default_s=DEFAULT_WAIT_S)
 
 
 _JOB_STATE_TO_PB = {s: getattr(pb, f"BATCH_JOB_STATE_{s.name}") for s in JobState}

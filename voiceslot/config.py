@@ -164,6 +164,11 @@ class SynthConfig(BaseModel):
     batch_workers: int = Field(default=2, ge=0)
     """Concurrent batch items per replica; 0 disables the batch worker."""
     item_max_attempts: int = Field(default=4, ge=1)
+    item_lease_s: float = Field(default=60.0, gt=0)
+    """How long a batch item's claim lasts unrenewed: a dead replica's items are taken
+    over after this."""
+    retention_every_s: float = Field(default=3600.0, gt=0)
+    """Period of the rendered-audio retention sweep (see storage.retention_days)."""
     default_encoding: Literal["wav", "pcm16", "mp3", "opus"] = "wav"
 
 

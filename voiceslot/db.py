@@ -11,13 +11,14 @@ version table), so both may share one PostgreSQL database.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
-from sqlalchemy import Connection, DateTime, MetaData, event
+from sqlalchemy import Connection, DateTime, MetaData, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.types import TypeDecorator
@@ -68,11 +69,37 @@ def alembic_config(script_location: Path, url: str, *, version_table: str) -> Al
     return cfg
 
 
+def migration_lock_key(version_table: str) -> int:
+    """A stable signed 64-bit PostgreSQL advisory lock key per service."""
+    digest = hashlib.sha256(f"voiceslot:migrate:{version_table}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
 async def upgrade_to_head(script_location: Path, url: str, *, version_table: str) -> None:
     """Run a service's migrations. Alembic is synchronous; it runs in a thread and its
-    env.py drives the async engine with ``run_sync``."""
+    env.py drives the async engine with ``run_sync``.
+
+    On PostgreSQL the run holds a session-level advisory lock per service: replicas
+    starting together would otherwise race on ``CREATE TABLE`` (the loser fails on
+    ``pg_type_typname_nsp_index`` and exits); with the lock the second finds the schema at
+    head and does nothing. SQLite serves one process and needs no lock."""
     cfg = alembic_config(script_location, url, version_table=version_table)
-    await asyncio.to_thread(command.upgrade, cfg, "head")
+    if is_sqlite(url):
+        await asyncio.to_thread(command.upgrade, cfg, "head")
+        return
+    key = migration_lock_key(version_table)
+    engine = create_engine(url, pool_size=1)
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
+            await conn.commit()
+            try:
+                await asyncio.to_thread(command.upgrade, cfg, "head")
+            finally:
+                await conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+                await conn.commit()
+    finally:
+        await engine.dispose()
 
 
 class UtcDateTime(TypeDecorator):

@@ -12,9 +12,8 @@ import soundfile as sf
 from tests.acceptance.test_errors_and_auth import expect, field_violations
 from tests.conftest import ADMIN_KEY, ALICE_KEY, auth
 from tests.support import ensure_ready, register
-from voiceslot.v1 import common_pb2
+from voiceslot.v1 import common_pb2, synthesizer_pb2_grpc
 from voiceslot.v1 import synthesizer_pb2 as spb
-from voiceslot.v1 import synthesizer_pb2_grpc
 
 
 @pytest.fixture

@@ -68,14 +68,14 @@ def own_tables(connection, metadata) -> MigrationContext:
 
 
 async def check_migrations(url: str) -> None:
-    for migrate, metadata, version_table in SERVICES:
+    for migrate, _, _ in SERVICES:
         await migrate(url)
         await migrate(url)  # idempotent: a second start changes nothing
     engine = create_engine(url)
     try:
         async with engine.connect() as conn:
             tables = await conn.run_sync(lambda c: set(inspect(c).get_table_names()))
-            for migrate, metadata, version_table in SERVICES:
+            for _, metadata, version_table in SERVICES:
                 assert version_table in tables
                 assert set(metadata.tables) <= tables
                 diff = await conn.run_sync(lambda c, md=metadata: compare_metadata(own_tables(c, md), md))

@@ -308,5 +308,6 @@ def _shape(
 
 
 def _is_abort(exc: Exception) -> bool:
-    # context.abort() inside a handler raises grpc's own AbortError: already answered.
-    return type(exc).__name__ in ("AbortError", "UsageError") or isinstance(exc, grpc.RpcError)
+    """context.abort() inside a handler raises grpc's own AbortError: already answered.
+    An RpcError from a call to another service is not: it is mapped like any error."""
+    return type(exc).__name__ == "AbortError"
