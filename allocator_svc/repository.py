@@ -72,14 +72,11 @@ from voiceslot.errors import (
     QuotaViolation,
     bounded,
 )
+from voiceslot.ids import new_id
 from voiceslot.token_bucket import Bucket, TokenBucket
 
 S = VoiceState
 _HOLDING = [s.value for s in SLOT_HOLDING]
-
-
-def new_id(prefix: str) -> str:
-    return f"{prefix}_{uuid.uuid4().hex}"
 
 
 @dataclass(frozen=True)

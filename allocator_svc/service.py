@@ -24,13 +24,14 @@ from allocator_svc.domain.states import EventReason, VoiceState
 from allocator_svc.lifecycle import Lifecycle
 from allocator_svc.maintenance import Maintenance, Task, TaskResult
 from allocator_svc.records import EnsureOutcome, Event, Lease, ProviderStats, Queued, Slot, Voice
-from allocator_svc.repository import AllocatorRepository, EnsureParams, NewVoice, new_id
+from allocator_svc.repository import AllocatorRepository, EnsureParams, NewVoice
 from voiceslot import telemetry
 from voiceslot.audio import validate_sample
 from voiceslot.auth import Principal
 from voiceslot.clock import Clock, SystemClock
 from voiceslot.config import AllocatorConfig
 from voiceslot.errors import InvalidArgument, NotFound, PermissionDenied
+from voiceslot.ids import new_id, require_id
 from voiceslot.logs import get_logger
 from voiceslot.pagination import decode_token, encode_token, page_size
 from voiceslot.providers.base import Provider
@@ -67,12 +68,6 @@ def validate_language(language: str) -> str:
     if not _LANGUAGE.match(language):
         raise InvalidArgument("metadata.language", f"{language!r} is not a BCP 47 language tag")
     return language
-
-
-def require_id(field: str, value: str, prefix: str) -> str:
-    if not re.fullmatch(rf"{prefix}_[0-9a-f]{{32}}", value or ""):
-        raise InvalidArgument(field, f"must be an id like {prefix}_<32 hex digits>")
-    return value
 
 
 def default_reclaim_policy(config: AllocatorConfig) -> ReclaimPolicy:

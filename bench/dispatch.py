@@ -190,9 +190,10 @@ def signal_all(procs: list[subprocess.Popen[str]]) -> None:
 async def prepare_allocations(url: str, storage_root: Path, n: int) -> None:
     """A fresh schema with ``n`` voices queued for allocation."""
     from allocator_svc.app import migrate
-    from allocator_svc.repository import AllocatorRepository, EnsureParams, NewVoice, new_id
+    from allocator_svc.repository import AllocatorRepository, EnsureParams, NewVoice
     from voiceslot.clock import SystemClock
     from voiceslot.db import create_engine, session_factory
+    from voiceslot.ids import new_id
     from voiceslot.storage.local import LocalStorage
 
     await migrate(url)

@@ -20,19 +20,10 @@ from voiceslot.auth import Principal
 from voiceslot.clock import Clock
 from voiceslot.config import SynthConfig
 from voiceslot.errors import InvalidArgument, NotFound, PermissionDenied
+from voiceslot.ids import require_id
 from voiceslot.pagination import decode_token, encode_token, page_size
 from voiceslot.storage.base import Storage
 from voiceslot.text import validate_item_name, validate_text
-
-_ID = r"[0-9a-f]{32}"
-
-
-def require_id(field: str, value: str, prefix: str) -> str:
-    import re
-
-    if not re.fullmatch(rf"{prefix}_{_ID}", value or ""):
-        raise InvalidArgument(field, f"must be an id like {prefix}_<32 hex digits>")
-    return value
 
 
 def validate_items(

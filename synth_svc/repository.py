@@ -20,10 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from synth_svc.domain.batch import Counts, ItemState, JobState, job_state_after
 from synth_svc.models import BatchItemRow, BatchJobRow
 from voiceslot.errors import NotFound, bounded
-
-
-def new_id(prefix: str) -> str:
-    return f"{prefix}_{uuid.uuid4().hex}"
+from voiceslot.ids import new_id
 
 
 @dataclass(frozen=True)

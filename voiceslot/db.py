@@ -102,6 +102,16 @@ async def upgrade_to_head(script_location: Path, url: str, *, version_table: str
         await engine.dispose()
 
 
+# Deterministic constraint names, so migrations can name what they alter on both backends.
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
 class UtcDateTime(TypeDecorator):
     """Timezone-aware UTC datetimes on every backend.
 

@@ -18,12 +18,13 @@ import pytest
 from allocator_svc.app import AllocatorApp, build_allocator, hot_path_engine, migrate
 from allocator_svc.domain.reclaim import LeastRecentlyUsed
 from allocator_svc.records import Claim, Voice
-from allocator_svc.repository import AllocatorRepository, EnsureParams, NewVoice, new_id
+from allocator_svc.repository import AllocatorRepository, EnsureParams, NewVoice
 from allocator_svc.service import Allocator
 from tests.conftest import TEST_KEYS
 from voiceslot.config import AllocatorConfig, AuthConfig, ProviderConfig, Settings
 from voiceslot.credentials import key_table
 from voiceslot.db import create_engine, session_factory
+from voiceslot.ids import new_id
 from voiceslot.rpc.server import RunningServer, start_server
 from voiceslot.storage.local import LocalStorage
 

@@ -8,8 +8,9 @@ import pytest
 
 from allocator_svc.domain.states import VoiceState
 from allocator_svc.records import Queued
-from allocator_svc.repository import AllocatorRepository, NewVoice, new_id
+from allocator_svc.repository import AllocatorRepository, NewVoice
 from voiceslot.errors import QuotaExceeded
+from voiceslot.ids import new_id
 
 from .conftest import T0, add_voice, at, claim, ensure_params
 
