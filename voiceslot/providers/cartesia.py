@@ -177,7 +177,7 @@ def interpret_event(event: http.SseEvent | None, *, provider: str) -> bytes | No
         raise Fatal(f"stream chunk is not base64: {exc}", provider=provider) from exc
 
 
-class CartesiaProvider:
+class CartesiaProvider(http.HttpAdapter):
     """A Cartesia account behind ``base.Provider``."""
 
     kind = "cartesia"
@@ -329,27 +329,6 @@ class CartesiaProvider:
             if not cursor or cursor in seen:  # a server bug must not become an endless loop
                 raise Fatal(f"{what}: pagination cursor does not advance", provider=self.name)
             seen.add(cursor)
-
-    async def _send(
-        self,
-        method: str,
-        path: str,
-        *,
-        what: str,
-        voice_scoped: bool = False,
-        **kwargs: Any,
-    ) -> httpx.Response:
-        with http.transport_errors(self.name, what):
-            response = await self._client.request(
-                method,
-                self._base_url + path,
-                headers=self._headers,
-                timeout=self._timeout,
-                **kwargs,
-            )
-        if response.is_error:
-            raise self._error(response, voice_scoped=voice_scoped)
-        return response
 
     def _error(self, response: httpx.Response, *, voice_scoped: bool) -> ProviderError:
         return classify_error(

@@ -182,7 +182,7 @@ def classify_error(
     )
 
 
-class ElevenLabsProvider:
+class ElevenLabsProvider(http.HttpAdapter):
     """An ElevenLabs account behind ``base.Provider``."""
 
     kind = "elevenlabs"
@@ -342,27 +342,6 @@ class ElevenLabsProvider:
             if token in seen_tokens:  # a server bug must not become an endless loop
                 raise Fatal(f"{what}: pagination repeats token {token!r}", provider=self.name)
             seen_tokens.add(token)
-
-    async def _send(
-        self,
-        method: str,
-        path: str,
-        *,
-        what: str,
-        voice_scoped: bool = False,
-        **kwargs: Any,
-    ) -> httpx.Response:
-        with http.transport_errors(self.name, what):
-            response = await self._client.request(
-                method,
-                self._base_url + path,
-                headers=self._headers,
-                timeout=self._timeout,
-                **kwargs,
-            )
-        if response.is_error:
-            raise self._error(response, voice_scoped=voice_scoped)
-        return response
 
     def _error(self, response: httpx.Response, *, voice_scoped: bool) -> ProviderError:
         return classify_error(

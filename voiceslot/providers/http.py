@@ -19,6 +19,7 @@ from __future__ import annotations
 import email.utils
 import json
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -232,3 +233,34 @@ class SseDecoder:
         """An event left unterminated when the stream ended (servers that omit the last
         blank line)."""
         return self.feed("")
+
+
+class HttpAdapter(ABC):
+    """What the HTTP adapters share: one request with the adapter's headers and timeout,
+    transport failures and error statuses mapped to the taxonomy. Subclasses set the
+    attributes below and say how their provider's error bodies read (``_error``)."""
+
+    name: str
+    _client: httpx.AsyncClient
+    _base_url: str
+    _headers: dict[str, str]
+    _timeout: httpx.Timeout
+
+    @abstractmethod
+    def _error(self, response: httpx.Response, *, voice_scoped: bool) -> ProviderError:
+        """The taxonomy error for an error response."""
+
+    async def _send(
+        self, method: str, path: str, *, what: str, voice_scoped: bool = False, **kwargs: Any
+    ) -> httpx.Response:
+        with transport_errors(self.name, what):
+            response = await self._client.request(
+                method,
+                self._base_url + path,
+                headers=self._headers,
+                timeout=self._timeout,
+                **kwargs,
+            )
+        if response.is_error:
+            raise self._error(response, voice_scoped=voice_scoped)
+        return response

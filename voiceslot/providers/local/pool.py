@@ -33,6 +33,7 @@ import logging
 import queue
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any, Generic, TypeVar
@@ -81,18 +82,20 @@ def _settle(future: asyncio.Future[Any], value: Any, error: BaseException | None
         future.set_result(value)
 
 
-class _Task:
+class _Task(ABC):
     """A request on its way to a worker."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.cancelled = threading.Event()
 
+    @abstractmethod
     def execute(self, model: Any) -> None:
-        raise NotImplementedError
+        """Run on the worker's thread with the worker's own model."""
 
+    @abstractmethod
     def fail(self, error: BaseException) -> None:
-        raise NotImplementedError
+        """Deliver ``error`` to the waiting caller."""
 
 
 class _UnaryTask(_Task):
