@@ -11,7 +11,6 @@ import contextlib
 import hashlib
 import random
 import re
-import uuid
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -456,7 +455,3 @@ class Allocator:
             self.dispatcher.wake(name)
         await self._notify()
         return results
-
-
-def new_request_id() -> str:
-    return uuid.uuid4().hex

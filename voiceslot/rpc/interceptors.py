@@ -59,10 +59,6 @@ def current_principal() -> Principal:
     return principal
 
 
-def current_request_id() -> str:
-    return _request_id.get()
-
-
 def current_credential() -> str:
     """The caller's own credential, so a service can call another on the caller's behalf."""
     return _credential.get()

@@ -18,7 +18,6 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from voiceslot.auth import KeyTable
-from voiceslot.config import Settings
 from voiceslot.logs import get_logger
 from voiceslot.rpc.interceptors import ServerInterceptor
 
@@ -100,11 +99,3 @@ def install_stop_signals(stop: asyncio.Event) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-
-
-def server_settings_args(settings: Settings) -> dict[str, Any]:
-    return {
-        "listen": settings.listen,
-        "rate_per_second": settings.auth.rate_limit_per_second,
-        "burst": settings.auth.rate_limit_burst,
-    }
