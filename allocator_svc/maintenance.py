@@ -150,6 +150,7 @@ class Maintenance:
                 result.errors.append(f"{name}: {exc.message}")
                 continue
             known = await self.repo.known_labels(name)
+            await self._record_budget(name, result)
             result.examined += len(remote) + len(ready)
             remote_ids = {v.provider_voice_id for v in remote}
             ready_remote = {v.provider_voice_id for v in ready}
@@ -177,6 +178,17 @@ class Maintenance:
                 ):
                     result.changed.append(voice.id)
         return result
+
+    async def _record_budget(self, name: str, result: TaskResult) -> None:
+        """Store the provider's remaining clone budget (ElevenLabs' monthly add/edit cap),
+        which the reclaim policy weighs: evicting a voice that will be wanted again spends
+        one of them on the re-clone."""
+        try:
+            capacity = await self.lifecycle.providers[name].capacity()
+        except ProviderError as exc:
+            result.errors.append(f"{name}: capacity: {exc.message}")
+            return
+        await self.repo.set_add_edit_remaining(name, capacity.add_edit_remaining, self.clock.now())
 
     async def reclaim_idle(self, provider: str = "") -> TaskResult:
         result = TaskResult(Task.RECLAIM_IDLE)

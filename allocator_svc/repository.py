@@ -259,6 +259,14 @@ class AllocatorRepository:
                     )
                 )
 
+    async def set_add_edit_remaining(self, name: str, remaining: int | None, now: datetime) -> None:
+        async with self._sessions.begin() as s:
+            await s.execute(
+                update(ProviderRow)
+                .where(ProviderRow.name == name)
+                .values(add_edit_remaining=remaining, updated_at=now)
+            )
+
     async def provider_stats(self, now: datetime, *, name: str = "") -> list[ProviderStats]:
         async with self._sessions() as s:
             q = select(ProviderRow).order_by(ProviderRow.name)
