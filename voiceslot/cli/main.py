@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -123,6 +125,20 @@ def serve(obj: Ctx, only: tuple[str, ...], listen: str | None, port_file: Path |
         stop = asyncio.Event()
         install_stop_signals(stop)
         await run(settings, only=only or SERVICES, stop=stop, on_ready=ready)
+        # Shutdown has finished: calls drained, work committed or handed back. End the
+        # process here, not through asyncio.run's clean-up (which waits without limit for
+        # every leftover task to accept its cancellation) nor the interpreter's exit
+        # (which joins every non-daemon thread; aiosqlite runs one per connection).
+        leftovers = sorted(
+            t.get_name() for t in asyncio.all_tasks() if t is not asyncio.current_task()
+        )
+        if leftovers:
+            logging.getLogger("voiceslot.runtime").warning(
+                "tasks still running at exit: %s", leftovers
+            )
+        logging.shutdown()
+        sys.stdout.flush()
+        os._exit(0)
 
     asyncio.run(serve_until_stopped())
 

@@ -8,8 +8,7 @@ gRPC on loopback exactly as it would across the cluster.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from allocator_svc.app import AllocatorApp, build_allocator
 from synth_svc.app import SynthApp, build_synth
@@ -74,16 +73,31 @@ class Runtime:
         return self
 
     async def stop(self) -> None:
+        """Drain the server, then stop the services' background work and close providers.
+        Every step is bounded: a dependency that hangs (a database lock held by a
+        transaction abandoned mid-way, a provider that never answers) is logged and
+        skipped rather than keeping the process alive past its grace period."""
         grace = self.settings.shutdown_grace_s
+        background_grace = min(grace, 10.0)
         if self.server is not None:
-            await self.server.stop(grace)
+            await _bounded("drain", self.server.stop(grace), grace + 5)
         if self.synth is not None:
-            await self.synth.stop(grace_s=min(grace, 10.0))
+            await _bounded("synth", self.synth.stop(grace_s=background_grace), background_grace + 5)
         if self.allocator is not None:
-            await self.allocator.stop(grace_s=min(grace, 10.0))
-        for provider in self.providers.values():
-            with contextlib.suppress(Exception):
-                await provider.aclose()
+            await _bounded(
+                "allocator", self.allocator.stop(grace_s=background_grace), background_grace + 5
+            )
+        for name, provider in self.providers.items():
+            await _bounded(f"provider {name}", provider.aclose(), 5)
+
+
+async def _bounded(step: str, work: Awaitable[None], timeout_s: float) -> None:
+    try:
+        await asyncio.wait_for(work, timeout_s)
+    except TimeoutError:
+        log.error("shutdown step timed out", step=step, timeout_s=timeout_s)
+    except Exception as exc:  # shutting down anyway: record it and go on
+        log.error("shutdown step failed", step=step, error=repr(exc))
 
 
 async def serve(
