@@ -1154,19 +1154,7 @@ class AllocatorRepository:
             )
             if provider:
                 q = q.where(r.provider == provider)
-            return [
-                Claim(
-                    req.id,
-                    v.id,
-                    v.provider,
-                    v.generation,
-                    req.lease_token or "",
-                    req.attempts,
-                    v.sample_key,
-                    v.language,
-                )
-                for req, v in (await s.execute(q)).all()
-            ]
+            return [_in_flight_claim(req, v) for req, v in (await s.execute(q)).all()]
 
     async def claim_for_voice(self, voice_id: str) -> Claim:
         """The in-flight allocation of a voice (for an admin's stuck reset)."""
@@ -1184,16 +1172,7 @@ class AllocatorRepository:
                     )
                 )
             ).scalar_one()
-            return Claim(
-                req.id,
-                v.id,
-                v.provider,
-                v.generation,
-                req.lease_token or "",
-                req.attempts,
-                v.sample_key,
-                v.language,
-            )
+            return _in_flight_claim(req, v)
 
     async def ready_voices(self, provider: str) -> list[Voice]:
         async with self._sessions() as s:
@@ -1552,3 +1531,17 @@ def estimate_wait_s(position: int, capacity: int, mean_allocation_s: float) -> f
     ``capacity`` allocations, each taking about ``mean_allocation_s``."""
     waves = (position + max(1, capacity) - 1) // max(1, capacity)
     return waves * mean_allocation_s
+
+
+def _in_flight_claim(req: AllocationRequestRow, voice: VoiceRow) -> Claim:
+    """The claim of an allocation already in flight, as its dispatcher holds it."""
+    return Claim(
+        req.id,
+        voice.id,
+        voice.provider,
+        voice.generation,
+        req.lease_token or "",
+        req.attempts,
+        voice.sample_key,
+        voice.language,
+    )

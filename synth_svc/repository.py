@@ -302,15 +302,10 @@ class JobRepository:
         item is cancelled instead. Fenced by the claim's token: False if it was already
         taken over. Locks job then item, like ``finish``."""
         async with self._sessions.begin() as s:
-            job = await s.get(BatchJobRow, claim.job_id, with_for_update=True)
-            item = await s.get(BatchItemRow, claim.id, with_for_update=True)
-            if (
-                job is None
-                or item is None
-                or item.lease_token != claim.token
-                or item.state != ItemState.RUNNING.value
-            ):
+            locked = await _lock_claimed(s, claim)
+            if locked is None:
                 return False
+            job, item = locked
             cancelled = job.state == JobState.CANCELLED.value
             item.state = ItemState.CANCELLED.value if cancelled else ItemState.PENDING.value
             item.lease_token, item.lease_expires_at = None, None
@@ -345,15 +340,10 @@ class JobRepository:
         """Record an item's outcome (SUCCEEDED, FAILED, or PENDING again at ``retry_at``),
         fenced by the claim's token. False if the claim was taken over meanwhile."""
         async with self._sessions.begin() as s:
-            job = await s.get(BatchJobRow, claim.job_id, with_for_update=True)
-            item = await s.get(BatchItemRow, claim.id, with_for_update=True)
-            if (
-                job is None
-                or item is None
-                or item.lease_token != claim.token
-                or item.state != ItemState.RUNNING.value
-            ):
+            locked = await _lock_claimed(s, claim)
+            if locked is None:
                 return False
+            job, item = locked
             item.lease_token, item.lease_expires_at, item.updated_at = None, None, now
             item.error = bounded(error)
             if outcome == ItemState.PENDING:
@@ -374,3 +364,20 @@ class JobRepository:
                 job.state, job.finished_at = state.value, now
             job.updated_at = now
             return True
+
+
+async def _lock_claimed(
+    s: AsyncSession, claim: ClaimedItem
+) -> tuple[BatchJobRow, BatchItemRow] | None:
+    """Lock the claim's job, then its item (always in that order, like cancel_job), or None
+    if the claim was taken over meanwhile: the fence every item outcome goes through."""
+    job = await s.get(BatchJobRow, claim.job_id, with_for_update=True)
+    item = await s.get(BatchItemRow, claim.id, with_for_update=True)
+    if (
+        job is None
+        or item is None
+        or item.lease_token != claim.token
+        or item.state != ItemState.RUNNING.value
+    ):
+        return None
+    return job, item

@@ -15,8 +15,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from voiceslot.testing.emulator.faults import Decision, FaultKind
-from voiceslot.testing.emulator.state import EmulatorError, EmulatorState
+from voiceslot.testing.emulator.faults import Decision, FaultKind, Op
+from voiceslot.testing.emulator.state import Account, EmulatorError, EmulatorState, RequestRecord
 
 RECORDED_HEADERS = ("content-type", "cartesia-version", "accept")
 
@@ -71,6 +71,42 @@ def loses_response(decision: Decision) -> bool:
 
 def breaks_stream(decision: Decision) -> bool:
     return decision.fault is not None and decision.fault.kind == FaultKind.STREAM_BREAK
+
+
+async def begin_request(
+    state: EmulatorState,
+    provider: str,
+    request: Request,
+    op: Op,
+    *,
+    credential: Callable[[], str | None],
+    check: Callable[[], None] | None = None,
+    json_body: Any = None,
+    form: dict[str, str] | None = None,
+) -> tuple[Decision, Account]:
+    """What every emulated endpoint does first, in the real services' order: record the
+    request, decide its faults and apply those that strike before any work, run the
+    provider's own header ``check``, authenticate, and take the scripted latency (speech
+    requests take theirs later, while holding a concurrency slot)."""
+    record = RequestRecord(
+        provider=provider,
+        op=op,
+        method=request.method,
+        path=request.url.path,
+        query=dict(request.query_params),
+        headers=recorded_headers(request),
+        json=json_body,
+        form=form or {},
+    )
+    epoch = state.epoch
+    decision = state.begin(provider, op, record)
+    await apply_pre_faults(state, decision)
+    if check is not None:
+        check()
+    account = state.authenticate(provider, credential(), epoch=epoch)
+    if decision.latency_s > 0 and op not in (Op.TTS, Op.TTS_STREAM):
+        await asyncio.sleep(decision.latency_s)
+    return decision, account
 
 
 class DroppedResponse(Response):

@@ -29,13 +29,12 @@ from voiceslot.testing.emulator import audio
 from voiceslot.testing.emulator._common import (
     DroppedResponse,
     Finally,
-    apply_pre_faults,
+    begin_request,
     breaks_stream,
     extra_headers,
     json_or_none,
     loses_response,
     new_request_id,
-    recorded_headers,
 )
 from voiceslot.testing.emulator.faults import Decision, Op
 from voiceslot.testing.emulator.state import (
@@ -44,7 +43,6 @@ from voiceslot.testing.emulator.state import (
     Account,
     EmulatorError,
     EmulatorState,
-    RequestRecord,
     VoiceRecord,
 )
 
@@ -226,30 +224,27 @@ class CartesiaApi:
         json_body: Any = None,
         form: dict[str, str] | None = None,
     ) -> tuple[Decision, Account]:
-        record = RequestRecord(
-            provider=CARTESIA,
-            op=op,
-            method=request.method,
-            path=request.url.path,
-            query=dict(request.query_params),
-            headers=recorded_headers(request),
-            json=json_body,
-            form=form or {},
+        def check_version() -> None:
+            version = request.headers.get("cartesia-version")
+            if not version or not _VERSION.match(version):
+                raise bad_request("A valid Cartesia-Version header (YYYY-MM-DD) is required.")
+
+        def credential() -> str | None:
+            auth = request.headers.get("authorization", "")
+            if auth.lower().startswith("bearer "):
+                return auth[7:].strip()
+            return request.headers.get("x-api-key")
+
+        return await begin_request(
+            self.state,
+            CARTESIA,
+            request,
+            op,
+            json_body=json_body,
+            form=form,
+            credential=credential,
+            check=check_version,
         )
-        epoch = self.state.epoch
-        decision = self.state.begin(CARTESIA, op, record)
-        await apply_pre_faults(self.state, decision)
-        version = request.headers.get("cartesia-version")
-        if not version or not _VERSION.match(version):
-            raise bad_request("A valid Cartesia-Version header (YYYY-MM-DD) is required.")
-        key = request.headers.get("x-api-key")
-        auth = request.headers.get("authorization", "")
-        if auth.lower().startswith("bearer "):
-            key = auth[7:].strip()
-        account = self.state.authenticate(CARTESIA, key, epoch=epoch)
-        if decision.latency_s > 0 and op not in (Op.TTS, Op.TTS_STREAM):
-            await asyncio.sleep(decision.latency_s)
-        return decision, account
 
     def _json(self, body: Any, decision: Decision) -> Response:
         if loses_response(decision):

@@ -24,13 +24,12 @@ from voiceslot.testing.emulator._common import (
     DroppedResponse,
     Finally,
     ResponseDropped,
-    apply_pre_faults,
+    begin_request,
     breaks_stream,
     extra_headers,
     json_or_none,
     loses_response,
     new_request_id,
-    recorded_headers,
 )
 from voiceslot.testing.emulator.faults import Decision, Op
 from voiceslot.testing.emulator.state import (
@@ -39,7 +38,6 @@ from voiceslot.testing.emulator.state import (
     Account,
     EmulatorError,
     EmulatorState,
-    RequestRecord,
     VoiceRecord,
     decode_page_token,
     encode_page_token,
@@ -230,26 +228,15 @@ class ElevenLabsApi:
         json_body: Any = None,
         form: dict[str, str] | None = None,
     ) -> tuple[Decision, Account]:
-        record = RequestRecord(
-            provider=ELEVENLABS,
-            op=op,
-            method=request.method,
-            path=request.url.path,
-            query=dict(request.query_params),
-            headers=recorded_headers(request),
-            json=json_body,
-            form=form or {},
+        return await begin_request(
+            self.state,
+            ELEVENLABS,
+            request,
+            op,
+            json_body=json_body,
+            form=form,
+            credential=lambda: request.headers.get("xi-api-key"),
         )
-        epoch = self.state.epoch
-        decision = self.state.begin(ELEVENLABS, op, record)
-        await apply_pre_faults(self.state, decision)
-        account = self.state.authenticate(
-            ELEVENLABS, request.headers.get("xi-api-key"), epoch=epoch
-        )
-        # Speech requests take their latency while holding a concurrency slot (in _speak).
-        if decision.latency_s > 0 and op not in (Op.TTS, Op.TTS_STREAM):
-            await asyncio.sleep(decision.latency_s)
-        return decision, account
 
     def _json(self, body: Any, decision: Decision, *, status: int = 200) -> Response:
         if loses_response(decision):
