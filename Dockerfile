@@ -19,22 +19,30 @@ FROM python:${PYTHON_VERSION}-slim-${DEBIAN_RELEASE} AS build
 ARG WITH_LOCAL_ENGINE=false
 
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    PYTHONDONTWRITEBYTECODE=1
-
-RUN python -m venv /opt/venv
-ENV PATH=/opt/venv/bin:$PATH
+    PYTHONDONTWRITEBYTECODE=1 \
+    UV_PROJECT_ENVIRONMENT=/opt/venv \
+    UV_PYTHON_DOWNLOADS=never \
+    UV_LINK_MODE=copy \
+    UV_COMPILE_BYTECODE=0
 
 WORKDIR /src
-# Only what the wheel is built from (see .dockerignore).
+# Only what the wheel is built from (see .dockerignore), plus pyproject.toml and uv.lock.
 COPY . .
 
-RUN --mount=type=cache,target=/root/.cache/pip \
+# The same lock as the README's commands and CI (uv.lock), installed by the same uv
+# (pyproject.toml's [tool.uv] required-version): the image gets exactly the versions the
+# suite passed with.
+RUN pip install --no-cache-dir \
+      "uv==$(sed -n 's/^required-version = "==\(.*\)"$/\1/p' pyproject.toml)"
+
+# --locked: refuse to build if pyproject.toml and uv.lock disagree. --no-editable: the
+# project goes into /opt/venv as a wheel, so the runtime stage needs no /src.
+RUN --mount=type=cache,target=/root/.cache/uv \
     set -eux; \
-    extras=operator; \
-    if [ "$WITH_LOCAL_ENGINE" = "true" ]; then extras="$extras,local"; fi; \
-    pip install --upgrade pip; \
-    pip install ".[${extras}]"; \
-    voiceslot --help >/dev/null
+    extras="--extra operator"; \
+    if [ "$WITH_LOCAL_ENGINE" = "true" ]; then extras="$extras --extra local"; fi; \
+    uv sync --locked --no-editable --python /usr/local/bin/python $extras; \
+    /opt/venv/bin/voiceslot --help >/dev/null
 
 # -------------------------------------------------------------------------- runtime
 FROM python:${PYTHON_VERSION}-slim-${DEBIAN_RELEASE} AS runtime

@@ -7,11 +7,16 @@
   the same code path as a real checkpoint.
 - ``runtime``: both services in this process on an ephemeral port, reached over real
   gRPC sockets.
+- Before anything runs, the environment is compared with the lock (uv.lock, `dev` extra):
+  a stale or hand-modified venv stops the run, naming the packages that differ.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -31,6 +36,7 @@ from voiceslot.config import (
 )
 from voiceslot.testing.samples import make_sample_wav
 
+ROOT = Path(__file__).resolve().parent.parent
 PG_SERVER = os.environ.get("VOICESLOT_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
 
 ADMIN_KEY = "test-admin-key"
@@ -41,6 +47,48 @@ TEST_KEYS = (
     ApiKeyConfig(key=ALICE_KEY, user="alice", role="user"),
     ApiKeyConfig(key=BOB_KEY, user="bob", role="user"),
 )
+
+
+def lock_mismatch() -> str | None:
+    """What `uv sync --check` would change to make this environment equal the lock's `dev`
+    install (uv itself compares: one reading of the lock, not a second parser here);
+    None when it already does."""
+    bundled = Path(sys.prefix, ".uv", "bin", "uv")  # where scripts/_env.sh installs uv
+    uv = str(bundled) if bundled.exists() else shutil.which("uv")
+    if uv is None:
+        return "uv is not installed: run ./scripts/test, which builds the venv from uv.lock"
+    env = {
+        **os.environ,
+        "UV_PROJECT_ENVIRONMENT": sys.prefix,
+        "UV_PYTHON_DOWNLOADS": "never",
+        "UV_OFFLINE": "1",
+    }
+    proc = subprocess.run(
+        [uv, "sync", "--frozen", "--check", "--extra", "dev", "--python", sys.executable],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if proc.returncode == 0:
+        return None
+    changes = [
+        line.strip()
+        for line in (proc.stdout + proc.stderr).splitlines()
+        if line.lstrip().startswith(("+ ", "- ", "~ "))
+    ]
+    return "\n".join(changes) or proc.stderr.strip()
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    mismatch = lock_mismatch()
+    if mismatch is not None:
+        pytest.exit(
+            "the environment differs from uv.lock (- installed here, + locked); "
+            f"./scripts/test re-syncs it:\n{mismatch}",
+            returncode=3,
+        )
 
 
 def auth(key: str) -> tuple[tuple[str, str], ...]:
