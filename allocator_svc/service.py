@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import hashlib
 import random
-import re
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -25,6 +24,7 @@ from allocator_svc.maintenance import Maintenance, Task, TaskResult
 from allocator_svc.records import EnsureOutcome, Event, Lease, ProviderStats, Queued, Slot, Voice
 from allocator_svc.repository import AllocatorRepository, EnsureParams, NewVoice
 from voiceslot import telemetry
+from voiceslot import validation as validate
 from voiceslot.audio import validate_sample
 from voiceslot.auth import Principal
 from voiceslot.clock import Clock, SystemClock
@@ -40,8 +40,6 @@ from voiceslot.token_bucket import TokenBucket
 
 log = get_logger(__name__)
 
-_LANGUAGE = re.compile(r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})*$")
-_IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,200}$")
 # Rough mean of one clone, for queue wait estimates until measured values replace it.
 MEAN_ALLOCATION_S = 5.0
 
@@ -53,20 +51,6 @@ class RegisterParams:
     language: str
     idempotency_key: str
     owner: str
-
-
-def validate_display_name(name: str) -> str:
-    name = name.strip()
-    if not 1 <= len(name) <= 100 or not name.isprintable():
-        raise InvalidArgument("metadata.display_name", "must be 1..100 printable characters")
-    return name
-
-
-def validate_language(language: str) -> str:
-    language = language or "en"
-    if not _LANGUAGE.match(language):
-        raise InvalidArgument("metadata.language", f"{language!r} is not a BCP 47 language tag")
-    return language
 
 
 def default_reclaim_policy(config: AllocatorConfig) -> ReclaimPolicy:
@@ -198,25 +182,17 @@ class Allocator:
     async def register_voice(
         self, who: Principal, params: RegisterParams, sample: bytes
     ) -> tuple[Voice, bool]:
-        owner = params.owner or who.user
+        owner = validate.user_name("metadata.owner", params.owner or who.user)
         if owner != who.user and not who.is_admin:
             raise PermissionDenied("only admins may register voices for another user")
-        display_name = validate_display_name(params.display_name)
-        language = validate_language(params.language)
-        provider = params.provider or self.default_provider
-        if provider not in self.providers:
-            raise InvalidArgument(
-                "metadata.provider",
-                f"unknown provider {provider!r}; known: {sorted(self.providers)}",
-            )
-        key = params.idempotency_key or None
-        if key is not None:
-            if not _IDEMPOTENCY_KEY.match(key):
-                raise InvalidArgument(
-                    "metadata.idempotency_key", "must be 1..200 printable ASCII characters"
-                )
-            if existing := await self.repo.find_by_idempotency_key(owner, key):
-                return existing, False
+        display_name = validate.display_name("metadata.display_name", params.display_name)
+        language = validate.language_tag("metadata.language", params.language, default="en")
+        provider = validate.provider_name(
+            "metadata.provider", params.provider or self.default_provider, known=self.providers
+        )
+        key = validate.idempotency_key("metadata.idempotency_key", params.idempotency_key)
+        if key is not None and (existing := await self.repo.find_by_idempotency_key(owner, key)):
+            return existing, False
         info = validate_sample(sample, max_bytes=self.config.sample_max_bytes)
         voice_id = new_id("v")
         sample_key = f"samples/{voice_id}/sample.{info.format.lower()}"
@@ -257,6 +233,8 @@ class Allocator:
         state: VoiceState | None = None,
         holding_only: bool = False,
     ) -> tuple[list[Voice], str]:
+        if provider:
+            validate.provider_name("provider", provider)
         limit = page_size(size)
         key = decode_token(token, arity=2)
         after = (datetime.fromisoformat(str(key[0])), str(key[1])) if key else None
@@ -330,8 +308,7 @@ class Allocator:
         require_id("voice_id", voice_id, "v")
         if not 0 <= priority <= 9:
             raise InvalidArgument("priority", "must be 0..9")
-        if len(holder) > 200:
-            raise InvalidArgument("lease_holder", "at most 200 characters")
+        validate.label("lease_holder", holder, max_chars=200)
         outcome = await self.repo.ensure_active(
             EnsureParams(
                 voice_id=voice_id,
@@ -448,8 +425,10 @@ class Allocator:
     ) -> list[TaskResult]:
         if who is not None:
             self._admin(who)
-        if provider and provider not in self.providers:
-            raise NotFound("provider", provider)
+        if provider:
+            validate.provider_name("provider", provider)
+            if provider not in self.providers:
+                raise NotFound("provider", provider)
         results = await self.maintenance.run(tasks, provider=provider)
         for name in [provider] if provider else list(self.providers):
             self.dispatcher.wake(name)

@@ -29,8 +29,11 @@ from voiceslot.rpc.interceptors import current_principal
 from voiceslot.v1 import allocator_pb2 as pb
 from voiceslot.v1 import allocator_pb2_grpc as pb_grpc
 from voiceslot.v1 import common_pb2
+from voiceslot.validation import unique_list
 
 MAX_CHUNK_BYTES = 1024 * 1024
+# Room for every task kind, each named a few times over; more is not a real request.
+MAX_MAINTENANCE_TASKS = 16
 
 _STATE_TO_PB = {s: getattr(common_pb2, f"VOICE_STATE_{s.name}") for s in VoiceState}
 _STATE_FROM_PB = {v: k for k, v in _STATE_TO_PB.items()}
@@ -306,8 +309,10 @@ class AllocatorServicer(pb_grpc.AllocatorServiceServicer):
     async def RunMaintenance(
         self, request: pb.RunMaintenanceRequest, context: grpc.aio.ServicerContext
     ) -> pb.RunMaintenanceResponse:
+        # Bounded before the loop: a request may repeat one enum value millions of times.
+        wanted = unique_list("tasks", request.tasks, max_items=MAX_MAINTENANCE_TASKS)
         tasks = []
-        for i, t in enumerate(request.tasks):
+        for i, t in enumerate(wanted):
             if t not in _TASK_FROM_PB:
                 raise InvalidArgument(f"tasks[{i}]", "unknown maintenance task")
             tasks.append(_TASK_FROM_PB[t])

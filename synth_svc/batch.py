@@ -16,6 +16,7 @@ from synth_svc.allocator_client import AllocatorClient
 from synth_svc.domain.batch import FINISHED_JOB_STATES
 from synth_svc.domain.formats import OutputFormat
 from synth_svc.repository import Item, Job, JobRepository
+from voiceslot import validation
 from voiceslot.auth import Principal
 from voiceslot.clock import Clock
 from voiceslot.config import SynthConfig
@@ -87,9 +88,8 @@ class BatchJobs:
     ) -> Job:
         if not who.is_admin:
             raise PermissionDenied("creating batch jobs is admin only")
-        if idempotency_key and (
-            existing := await self.jobs.find_by_idempotency_key(who.user, idempotency_key)
-        ):
+        key = validation.idempotency_key("idempotency_key", idempotency_key)
+        if key and (existing := await self.jobs.find_by_idempotency_key(who.user, key)):
             return existing
         clean = validate_items(
             items, max_items=self.config.max_batch_items, max_chars=self.config.max_text_chars
@@ -103,7 +103,7 @@ class BatchJobs:
             items=clean,
             encoding=fmt.encoding,
             sample_rate=fmt.sample_rate,
-            idempotency_key=idempotency_key or None,
+            idempotency_key=key,
             now=self.clock.now(),
         )
         if self.on_created is not None:

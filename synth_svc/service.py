@@ -21,6 +21,7 @@ from voiceslot.config import SynthConfig
 from voiceslot.logs import get_logger
 from voiceslot.providers.base import PcmAudio, Provider, SynthesisRequest
 from voiceslot.text import split_sentences, validate_text
+from voiceslot.validation import language_tag
 
 log = get_logger(__name__)
 
@@ -65,6 +66,9 @@ class Synthesizer:
         return self._allocator()
 
     def prepare(self, request: SpeechRequest) -> list[str]:
+        # Empty means the voice's own language (``_pcm``); anything else is checked with
+        # the rule RegisterVoice uses before it reaches an engine or a provider's API.
+        language_tag("language", request.language, default="")
         text = validate_text(request.text, max_chars=self.config.max_text_chars)
         return split_sentences(text, max_chars=SENTENCE_MAX_CHARS)
 

@@ -21,6 +21,8 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from voiceslot.validation import PROVIDER_NAME_PATTERN, USER_NAME_PATTERN
+
 _FROZEN = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
 
 DEFAULT_XTTS_MODEL = "tts_models/multilingual/multi-dataset/xtts_v2"
@@ -36,7 +38,7 @@ class ProviderConfig(BaseModel):
 
     model_config = _FROZEN
 
-    name: str = Field(pattern=r"^[a-z][a-z0-9-]{0,39}$")
+    name: str = Field(pattern=PROVIDER_NAME_PATTERN)
     """Account name, unique in the deployment; voices name it to choose where to clone."""
     kind: Literal["local", "elevenlabs", "cartesia"]
     """Which adapter serves it."""
@@ -106,7 +108,7 @@ class ApiKeyConfig(BaseModel):
     model_config = _FROZEN
 
     key: SecretStr
-    user: str = Field(pattern=r"^[A-Za-z0-9._@-]{1,128}$")
+    user: str = Field(pattern=USER_NAME_PATTERN)
     role: Literal["user", "admin"] = "user"
 
 

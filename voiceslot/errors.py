@@ -31,7 +31,7 @@ class NotFound(VoiceslotError):
     """The thing does not exist, or the caller may not know that it does."""
 
     def __init__(self, kind: str, ident: str) -> None:
-        super().__init__(f"{kind} {ident!r} not found")
+        super().__init__(f"{kind} {shown(ident)} not found")
         self.kind = kind
         self.ident = ident
 
@@ -101,3 +101,22 @@ class Aborted(VoiceslotError):
 def bounded(text: str, limit: int = 500) -> str:
     """Cut an error text to ``limit`` characters so stored errors stay bounded."""
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+SHOWN_CHARS = 48
+"""How much of a caller's value an error quotes back: enough to recognise it."""
+
+
+def shown(value: object, limit: int = SHOWN_CHARS) -> str:
+    """The one way an error message quotes a value the caller sent: quoted, ASCII only
+    (invisible and look-alike characters appear as escapes), at most ``limit`` characters
+    of it, and its full length when it was cut.
+
+    A request may carry megabytes in one field; an answer that copied it back would be
+    refused by the caller's own gRPC library ("metadata size exceeds hard limit") instead
+    of telling it what was wrong. ASCII also keeps the percent-encoded grpc-message small.
+    """
+    text = value if isinstance(value, str) else str(value)
+    if len(text) <= limit:
+        return ascii(text)
+    return f"{ascii(text[:limit])}… ({len(text)} characters)"

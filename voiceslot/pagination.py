@@ -12,6 +12,9 @@ from voiceslot.errors import InvalidArgument
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
+# Tokens this server issues are a few dozen characters; anything much longer is not one,
+# and is refused before it is decoded.
+MAX_TOKEN_CHARS = 1024
 
 
 def page_size(requested: int) -> int:
@@ -27,6 +30,8 @@ def encode_token(*key: str | int) -> str:
 def decode_token(token: str, *, arity: int) -> list[str | int] | None:
     if not token:
         return None
+    if len(token) > MAX_TOKEN_CHARS:
+        raise InvalidArgument("page_token", "not a token this server issued")
     try:
         key = json.loads(base64.urlsafe_b64decode(token.encode()))
     except ValueError:

@@ -27,6 +27,42 @@ log = get_logger("voiceslot.server")
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
 
+class HealthServicer(health.aio.HealthServicer):
+    """grpcio-health-checking's servicer, with ``List`` answered.
+
+    Its 1.85 release serves the whole ``grpc.health.v1.Health`` service, ``List``
+    included, but implements only ``Check`` and ``Watch``: ``List`` fell through to the
+    generated base, whose NotImplementedError every caller got as INTERNAL. The statuses
+    are kept here as they are set, rather than read from the base class's private map.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        _serving = health_pb2.HealthCheckResponse.SERVING
+        self._listed: dict[str, health_pb2.HealthCheckResponse.ServingStatus] = {"": _serving}
+        self._final = False
+
+    async def set(self, service: str, status: health_pb2.HealthCheckResponse.ServingStatus) -> None:
+        if not self._final:  # the base ignores changes once shutting down; so does the list
+            self._listed[service] = status
+        await super().set(service, status)
+
+    async def enter_graceful_shutdown(self) -> None:
+        self._final = True
+        self._listed = dict.fromkeys(self._listed, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await super().enter_graceful_shutdown()
+
+    async def List(  # noqa: N802 - the RPC's name
+        self, request: health_pb2.HealthListRequest, context: grpc.aio.ServicerContext
+    ) -> health_pb2.HealthListResponse:
+        return health_pb2.HealthListResponse(
+            statuses={
+                name: health_pb2.HealthCheckResponse(status=status)
+                for name, status in self._listed.items()
+            }
+        )
+
+
 @dataclass(frozen=True)
 class ServiceRegistration:
     full_name: str
@@ -39,7 +75,7 @@ class ServiceRegistration:
 class RunningServer:
     server: grpc.aio.Server
     port: int
-    health: health.aio.HealthServicer
+    health: HealthServicer
     interceptor: ServerInterceptor
     services: list[str] = field(default_factory=list)
 
@@ -71,7 +107,7 @@ async def start_server(
             ("grpc.so_reuseport", 0),
         ],
     )
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = []
     for reg in registrations:

@@ -3,6 +3,13 @@
 Handlers raise ``voiceslot.errors`` exceptions; the interceptor calls ``to_rpc_status``.
 Anything unexpected becomes INTERNAL with a generic message (details go to the log), so
 bad input can only ever surface as INVALID_ARGUMENT and friends.
+
+Every answer is bounded here, whatever an error carries: the message and each detail's
+texts are cut to a few hundred bytes and at most ``MAX_VIOLATIONS`` violations travel. A
+status travels in HTTP/2 trailers, which a default client refuses past 8 KiB (soft) and
+16 KiB (hard); an error quoting a megabyte of the request would reach the caller as
+"metadata size exceeds hard limit" instead of saying what was wrong. Values are quoted
+short where errors are made (``voiceslot.errors.shown``); this is the backstop.
 """
 
 from __future__ import annotations
@@ -41,6 +48,26 @@ def grpc_code(exc: Exception) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
+MESSAGE_BYTES = 1024
+"""Most UTF-8 bytes of a status message (grpc-message percent-encodes non-ASCII: ≤ 3x)."""
+DETAIL_BYTES = 512
+"""Most UTF-8 bytes of each text inside a detail (a field name, a description)."""
+MAX_VIOLATIONS = 16
+
+
+def clip(text: str, max_bytes: int) -> str:
+    """``text`` cut to at most ``max_bytes`` of UTF-8, on a character boundary, with "…"
+    marking a cut."""
+    data = text.encode("utf-8", "replace")
+    if len(data) <= max_bytes:
+        return text
+    return data[: max_bytes - 3].decode("utf-8", "ignore") + "…"
+
+
+def _short(text: str) -> str:
+    return clip(text, DETAIL_BYTES)
+
+
 def _pack(message: object) -> any_pb2.Any:
     packed = any_pb2.Any()
     packed.Pack(message)  # type: ignore[arg-type]
@@ -64,7 +91,7 @@ def details_for(exc: Exception) -> list[any_pb2.Any]:
                 error_details_pb2.BadRequest(
                     field_violations=[
                         error_details_pb2.BadRequest.FieldViolation(
-                            field=exc.field, description=exc.description
+                            field=_short(exc.field), description=_short(exc.description)
                         )
                     ]
                 )
@@ -76,7 +103,7 @@ def details_for(exc: Exception) -> list[any_pb2.Any]:
                 error_details_pb2.QuotaFailure(
                     violations=[
                         error_details_pb2.QuotaFailure.Violation(
-                            subject=exc.field, description=str(exc)
+                            subject=_short(exc.field), description=_short(str(exc))
                         )
                     ]
                 )
@@ -88,9 +115,9 @@ def details_for(exc: Exception) -> list[any_pb2.Any]:
                 error_details_pb2.QuotaFailure(
                     violations=[
                         error_details_pb2.QuotaFailure.Violation(
-                            subject=v.subject, description=v.description
+                            subject=_short(v.subject), description=_short(v.description)
                         )
-                        for v in exc.violations
+                        for v in exc.violations[:MAX_VIOLATIONS]
                     ]
                 )
             )
@@ -120,7 +147,9 @@ def to_rpc_status(exc: Exception, *, trailing: tuple[tuple[str, str], ...] = ())
     else:
         message = str(exc)
     proto = status_pb2.Status(
-        code=getattr(code_pb2, code.name), message=message, details=details_for(exc)
+        code=getattr(code_pb2, code.name),
+        message=clip(message, MESSAGE_BYTES),
+        details=details_for(exc),
     )
     status = rpc_status.to_status(proto)
     return RpcStatus(status.code, status.details, (*status.trailing_metadata, *trailing))

@@ -1,0 +1,158 @@
+"""Hostile input over real sockets (issue 15): every answer is the right status, short,
+and readable by a default client.
+
+A default gRPC client refuses trailers over 8 KiB (soft) / 16 KiB (hard), so an error that
+quoted a large request field back arrived as "received metadata size exceeds hard limit"
+instead of INVALID_ARGUMENT. These tests use default channels on purpose.
+"""
+
+from __future__ import annotations
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from tests.acceptance.test_errors_and_auth import expect, field_violations
+from tests.conftest import ADMIN_KEY, ALICE_KEY, auth
+from tests.support import register_requests
+from voiceslot.v1 import allocator_pb2 as apb
+from voiceslot.v1 import allocator_pb2_grpc, synthesizer_pb2_grpc
+from voiceslot.v1 import synthesizer_pb2 as spb
+
+MIB = 1024 * 1024
+# Comfortably under the 8 KiB soft limit of a default client's metadata, message and
+# details together.
+MAX_ERROR_CHARS = 2048
+UNKNOWN_VOICE = "v_" + "0" * 32
+
+
+def assert_short(exc: grpc.aio.AioRpcError) -> None:
+    trailers = sum(len(k) + len(v) for k, v in exc.trailing_metadata() or ())
+    assert len(exc.details() or "") <= MAX_ERROR_CHARS, len(exc.details())
+    assert trailers <= 4 * MAX_ERROR_CHARS, trailers
+
+
+async def test_health_list_answers_every_service(channel):
+    health = health_pb2_grpc.HealthStub(channel)
+    listed = await health.List(health_pb2.HealthListRequest())
+    statuses = {name: r.status for name, r in listed.statuses.items()}
+    serving = health_pb2.HealthCheckResponse.SERVING
+    assert statuses[""] == serving
+    assert statuses["voiceslot.v1.AllocatorService"] == serving
+    assert statuses["voiceslot.v1.SynthesizerService"] == serving
+
+
+async def test_errors_never_copy_a_large_value_back(channel, sample_wav):
+    stub = allocator_pb2_grpc.AllocatorServiceStub(channel)
+    md = auth(ALICE_KEY)
+    for size in (4096, MIB):
+        for field in ("provider", "language", "display_name", "idempotency_key"):
+            metadata = {field: "x" * size}
+            name = metadata.pop("display_name", "test voice")
+            exc = await expect(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                stub.RegisterVoice(
+                    iter(register_requests(sample_wav, name=name, **metadata)), metadata=md
+                ),
+            )
+            assert field_violations(exc) == [f"metadata.{field}"]
+            assert_short(exc)
+        exc = await expect(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            stub.RunMaintenance(
+                apb.RunMaintenanceRequest(provider="x" * size), metadata=auth(ADMIN_KEY)
+            ),
+        )
+        assert field_violations(exc) == ["provider"]
+        assert_short(exc)
+    # Unicode that percent-encodes to 3-12 bytes per character is bounded too.
+    exc = await expect(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        stub.RegisterVoice(
+            iter(register_requests(sample_wav, provider="\U0001f600" * 100_000)), metadata=md
+        ),
+    )
+    assert_short(exc)
+    # A well-formed provider name that is not configured is still named, briefly.
+    exc = await expect(
+        grpc.StatusCode.NOT_FOUND,
+        stub.RunMaintenance(
+            apb.RunMaintenanceRequest(provider="nowhere"), metadata=auth(ADMIN_KEY)
+        ),
+    )
+    assert "nowhere" in exc.details()
+
+
+async def test_synthesize_checks_language_like_register_voice(channel):
+    synth = synthesizer_pb2_grpc.SynthesizerServiceStub(channel)
+    md = auth(ALICE_KEY)
+    for language in ("../../etc/passwd", "en-" + "abcd-" * 819 + "x1", "x" * 4096):
+        request = spb.SynthesizeRequest(voice_id=UNKNOWN_VOICE, text="Hello.", language=language)
+        exc = await expect(grpc.StatusCode.INVALID_ARGUMENT, synth.Synthesize(request, metadata=md))
+        assert field_violations(exc) == ["language"]
+        assert_short(exc)
+
+        async def stream(request=request):
+            return [
+                m
+                async for m in synth.SynthesizeStream(
+                    spb.SynthesizeStreamRequest(
+                        voice_id=request.voice_id, text=request.text, language=request.language
+                    ),
+                    metadata=md,
+                )
+            ]
+
+        exc = await expect(grpc.StatusCode.INVALID_ARGUMENT, stream())
+        assert field_violations(exc) == ["language"]
+
+
+async def test_an_admins_owner_must_be_a_user_name(channel, sample_wav):
+    stub = allocator_pb2_grpc.AllocatorServiceStub(channel)
+    for owner in ("../alice", "al ice", "a" * 129, "ålice"):
+        exc = await expect(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            stub.RegisterVoice(
+                iter(register_requests(sample_wav, owner=owner)), metadata=auth(ADMIN_KEY)
+            ),
+        )
+        assert field_violations(exc) == ["metadata.owner"]
+    voice = (
+        await stub.RegisterVoice(
+            iter(register_requests(sample_wav, owner="carol@example.org")),
+            metadata=auth(ADMIN_KEY),
+        )
+    ).voice
+    assert voice.owner == "carol@example.org"
+
+
+async def test_maintenance_tasks_are_deduplicated_and_bounded(channel):
+    stub = allocator_pb2_grpc.AllocatorServiceStub(channel)
+    md = auth(ADMIN_KEY)
+    expire = apb.MAINTENANCE_TASK_EXPIRE_LEASES
+    results = await stub.RunMaintenance(
+        apb.RunMaintenanceRequest(tasks=[expire, expire, apb.MAINTENANCE_TASK_RESET_STUCK, expire]),
+        metadata=md,
+    )
+    assert [r.task for r in results.results] == [expire, apb.MAINTENANCE_TASK_RESET_STUCK]
+    exc = await expect(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        stub.RunMaintenance(apb.RunMaintenanceRequest(tasks=[expire] * 1_000_000), metadata=md),
+    )
+    assert field_violations(exc) == ["tasks"]
+
+
+async def test_batch_idempotency_key_is_checked_before_it_is_stored(channel):
+    synth = synthesizer_pb2_grpc.SynthesizerServiceStub(channel)
+    exc = await expect(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        synth.CreateBatchJob(
+            spb.CreateBatchJobRequest(
+                voice_id=UNKNOWN_VOICE,
+                items=[spb.BatchItemInput(name="a", text="Hello.")],
+                idempotency_key="k" * MIB,
+            ),
+            metadata=auth(ADMIN_KEY),
+        ),
+    )
+    assert field_violations(exc) == ["idempotency_key"]
+    assert_short(exc)
