@@ -113,7 +113,8 @@ def validate_sample(
 
     Raises ``PayloadTooLarge`` over ``max_bytes`` and ``InvalidArgument(field, reason)``
     for anything else wrong: empty, not audio, a container other than WAV/FLAC/OGG/MP3,
-    an unusable sample rate or channel count, too short, too long, or silent. Decoding
+    an unusable sample rate or channel count, too short, too long, non-finite samples
+    (NaN or infinite, possible in IEEE-float files), or silent. Decoding
     stops once the audio is known to be too long, so a small file that unpacks to hours
     of audio costs no more than ``max_seconds`` of it.
     """
@@ -158,6 +159,12 @@ def validate_sample(
     if duration < min_seconds:
         raise InvalidArgument(
             field, f"is {duration:.2f} s long; at least {min_seconds:g} s is needed"
+        )
+    if not np.isfinite(mono).all():
+        # IEEE-float files can hold NaN and infinities; the level of such audio is not a
+        # number, so it would pass the silence check and reach a provider as noise.
+        raise InvalidArgument(
+            field, "contains samples that are not numbers (NaN or infinite); record a voice"
         )
     if is_silent(mono):
         raise InvalidArgument(field, "is silent; record a voice speaking")

@@ -204,6 +204,20 @@ def test_rejects_silence(level: float) -> None:
     assert "silent" in rejection(data).description
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("spread", ["all", "one"])
+def test_rejects_non_finite_float_samples(bad: float, spread: str) -> None:
+    # IEEE-float WAV may hold NaN/inf; such a sample has no level at all, so it slipped
+    # past the silence check and was cloned and synthesized (issue 15).
+    samples = as_float(speech(2.0, 16000)).copy()
+    if spread == "all":
+        samples[:] = bad
+    else:
+        samples[1234] = bad
+    data = write(samples, 16000, format="WAV", subtype="FLOAT")
+    assert "NaN or infinite" in rejection(data).description
+
+
 def test_rejects_other_containers() -> None:
     data = write(as_float(speech(2.0, 16000)), 16000, format="AIFF")
     message = rejection(data).description
