@@ -24,6 +24,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async
 from sqlalchemy.types import TypeDecorator
 
 
+# Waiting for SQLite's write lock held by another process (a migration, a second server on
+# the same file by mistake): past this, fail rather than hang.
+SQLITE_BUSY_TIMEOUT_S = 10
+# Waiting in this process's queue for the one connection: sized for a loaded 2-core machine
+# with every caller of a busy replica in line.
+SQLITE_QUEUE_TIMEOUT_S = 60
+
+
 def is_sqlite(url: str) -> bool:
     return make_url(url).get_backend_name() == "sqlite"
 
@@ -34,7 +42,17 @@ def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
         database = make_url(url).database
         if database and database != ":memory:":
             Path(database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(url, connect_args={"timeout": 10})
+        # One connection, so writers queue in the pool's FIFO (asyncio) instead of in
+        # SQLite's busy handler: every transaction takes the write lock (BEGIN IMMEDIATE)
+        # anyway, and the busy handler's backoff polling is unfair — under load a waiter
+        # lost to newcomers for the whole busy timeout and failed with "database is locked".
+        engine = create_async_engine(
+            url,
+            connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S},
+            pool_size=1,
+            max_overflow=0,
+            pool_timeout=SQLITE_QUEUE_TIMEOUT_S,
+        )
         _configure_sqlite(engine)
         return engine
     return create_async_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
@@ -51,7 +69,7 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         cursor.execute("PRAGMA foreign_keys=ON")
         # Transactions are short (no external calls inside one); a writer waiting longer
         # than this is stuck behind an abandoned transaction and should fail, not hang.
-        cursor.execute("PRAGMA busy_timeout=10000")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_S * 1000}")
         cursor.close()
 
     @event.listens_for(engine.sync_engine, "begin")
