@@ -13,9 +13,14 @@ is remembered, so tests can assert that a clone happened exactly once.
         ...
         assert emulator.state.created_labels()["vs-v1-g1"] == 1
 
-Layout: ``state`` and ``faults`` hold every decision as plain Python (unit-tested on their
+Ground truth for invariant checks (``state.truth``, a ``TruthLedger``; also served at
+``GET /_emulator/truth``): live remote copies per voiceslot voice id across generations and
+per account, their high-water marks, instants over a watched capacity, and every create
+and delete with a monotonic timestamp.
+
+Layout: ``state``, ``faults`` and ``truth`` hold every decision as plain Python (unit-tested on their
 own); ``elevenlabs_api`` and ``cartesia_api`` are thin Starlette routes; ``server`` runs
-them with uvicorn; ``audio`` renders deterministic speech-like audio in the asked format.
+them with uvicorn, with ``debug_api`` under ``/_emulator``; ``audio`` renders deterministic speech-like audio in the asked format.
 """
 
 from voiceslot.testing.emulator.faults import Decision, Fault, FaultKind, FaultScript, Op
@@ -39,6 +44,7 @@ from voiceslot.testing.emulator.state import (
     RequestRecord,
     VoiceRecord,
 )
+from voiceslot.testing.emulator.truth import RemoteEvent, TruthLedger, parse_voiceslot_label
 
 __all__ = [
     "CARTESIA",
@@ -58,8 +64,11 @@ __all__ = [
     "FaultScript",
     "Op",
     "ProviderEmulator",
+    "RemoteEvent",
     "RequestRecord",
+    "TruthLedger",
     "VoiceRecord",
     "create_app",
+    "parse_voiceslot_label",
     "run_forever",
 ]

@@ -69,6 +69,15 @@ def loses_response(decision: Decision) -> bool:
     return decision.fault is not None and decision.fault.kind == FaultKind.LOST_RESPONSE
 
 
+def fail_after_work(decision: Decision) -> None:
+    """``ERROR_AFTER_WORK``: the work is done; now answer as if it failed (a 5xx)."""
+    fault = decision.fault
+    if fault is not None and fault.kind == FaultKind.ERROR_AFTER_WORK:
+        raise EmulatorError(
+            fault.status, "server_error", "Internal server error (scripted, after the work)."
+        )
+
+
 def breaks_stream(decision: Decision) -> bool:
     return decision.fault is not None and decision.fault.kind == FaultKind.STREAM_BREAK
 

@@ -32,6 +32,7 @@ from voiceslot.testing.emulator._common import (
     begin_request,
     breaks_stream,
     extra_headers,
+    fail_after_work,
     json_or_none,
     loses_response,
     new_request_id,
@@ -247,6 +248,7 @@ class CartesiaApi:
         )
 
     def _json(self, body: Any, decision: Decision) -> Response:
+        fail_after_work(decision)
         if loses_response(decision):
             return DroppedResponse()
         return JSONResponse(body)
@@ -306,6 +308,7 @@ class CartesiaApi:
     async def delete_voice(self, request: Request) -> Response:
         decision, account = await self._begin(request, Op.DELETE)
         self.state.delete_voice(account, request.path_params["id"])
+        fail_after_work(decision)
         if loses_response(decision):
             return DroppedResponse()
         return Response(status_code=204)

@@ -27,6 +27,7 @@ from voiceslot.testing.emulator._common import (
     begin_request,
     breaks_stream,
     extra_headers,
+    fail_after_work,
     json_or_none,
     loses_response,
     new_request_id,
@@ -239,6 +240,7 @@ class ElevenLabsApi:
         )
 
     def _json(self, body: Any, decision: Decision, *, status: int = 200) -> Response:
+        fail_after_work(decision)
         if loses_response(decision):
             return DroppedResponse()
         return JSONResponse(body, status_code=status, headers={"request-id": new_request_id()})

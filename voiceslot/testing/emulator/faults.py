@@ -15,11 +15,17 @@ Kinds:
   middle of the response: the "voice created but the answer lost" case. On a stream: after
   the first chunk, ElevenLabs drops the connection; Cartesia's stream ends cleanly but
   without its ``done`` event.
+- ``ERROR_AFTER_WORK``: do the work, then answer ``status`` (5xx) as if it failed: the
+  other face of a lost response (a gateway error after the backend acted).
 - ``STREAM_BREAK``: streaming only: send the first audio chunk, then fail (ElevenLabs: the
   connection drops; Cartesia: an SSE ``error`` event with ``status``).
 
-Besides one-shot faults there are standing settings: ``latency_s`` added to every request
-and ``error_rate``, the share of requests answered 5xx at random.
+Besides one-shot faults there are standing settings: ``latency_s`` added to every request,
+``error_rate``, the share of requests answered 5xx at random, and ``list_lag_s``: a voice
+created shows in list (and search) results only that long after its creation, as in an
+eventually consistent index (a GET by id sees it at once).
+
+A "delete that fails" is ``SERVER_ERROR`` (or ``HANG``) with ``op=Op.DELETE``.
 """
 
 from __future__ import annotations
@@ -48,6 +54,7 @@ class FaultKind(StrEnum):
     HANG = "hang"
     LOST_RESPONSE = "lost_response"
     STREAM_BREAK = "stream_break"
+    ERROR_AFTER_WORK = "error_after_work"
 
 
 @dataclass(frozen=True)
@@ -61,7 +68,7 @@ class Fault:
     """Only this provider ("elevenlabs", "cartesia"); None: either."""
     times: int = 1
     status: int = 500
-    """HTTP status for SERVER_ERROR (and the ``status_code`` of a Cartesia stream break)."""
+    """HTTP status for SERVER_ERROR and ERROR_AFTER_WORK (and the ``status_code`` of a Cartesia stream break)."""
     retry_after: float = 1.0
     """Seconds in ``Retry-After`` for RATE_LIMITED."""
     hang_s: float = 30.0
@@ -94,6 +101,7 @@ class FaultScript:
         self.latency_s = 0.0
         self.error_rate = 0.0
         self.error_status = 503
+        self.list_lag_s = 0.0
         self._pending: list[Fault] = []
         self._rng = random.Random(seed)
 
@@ -128,11 +136,19 @@ class FaultScript:
         with self._lock:
             self.latency_s = seconds
 
+    def set_list_lag(self, seconds: float) -> None:
+        """Voices created from now on appear in list results ``seconds`` late."""
+        if seconds < 0:
+            raise ValueError("list lag must be >= 0")
+        with self._lock:
+            self.list_lag_s = seconds
+
     def clear(self, *, seed: int | None = None) -> None:
-        """No faults, no latency, no error rate; the random draws start over."""
+        """No faults, no latency, no error rate, no list lag; the random draws start over."""
         with self._lock:
             self._pending.clear()
             self.latency_s = 0.0
+            self.list_lag_s = 0.0
             self.error_rate = 0.0
             self.error_status = 503
             if seed is not None:

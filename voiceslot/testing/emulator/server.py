@@ -27,6 +27,7 @@ from starlette.routing import Mount, Route
 from voiceslot.config import ProviderConfig
 from voiceslot.testing.emulator._common import quiet_dropped_responses
 from voiceslot.testing.emulator.cartesia_api import CartesiaApi
+from voiceslot.testing.emulator.debug_api import DEBUG_PREFIX, DebugApi
 from voiceslot.testing.emulator.elevenlabs_api import ElevenLabsApi
 from voiceslot.testing.emulator.state import (
     CARTESIA,
@@ -63,7 +64,8 @@ class _Server(uvicorn.Server):
 
 
 def create_app(state: EmulatorState) -> Starlette:
-    """Both providers' APIs over one ``EmulatorState``."""
+    """Both providers' APIs over one ``EmulatorState``, and the emulator's own debug API
+    (ground truth and fault scripting, see ``debug_api``) under ``/_emulator``."""
 
     async def index(request: Request) -> JSONResponse:
         base = str(request.base_url).rstrip("/")
@@ -74,6 +76,7 @@ def create_app(state: EmulatorState) -> Starlette:
                     "api_key_header": "xi-api-key",
                 },
                 "cartesia": {"base_url": base + CARTESIA_PREFIX, "api_key_header": "Authorization"},
+                "debug": {"truth": base + DEBUG_PREFIX + "/truth"},
             }
         )
 
@@ -82,6 +85,7 @@ def create_app(state: EmulatorState) -> Starlette:
             Route("/", index, methods=["GET"]),
             Mount(ELEVENLABS_PREFIX, app=ElevenLabsApi(state).app()),
             Mount(CARTESIA_PREFIX, app=CartesiaApi(state).app()),
+            Mount(DEBUG_PREFIX, app=DebugApi(state).app()),
         ]
     )
 
@@ -186,6 +190,11 @@ class ProviderEmulator:
     @property
     def url(self) -> str:
         return f"http://{self._host}:{self.port}"
+
+    @property
+    def debug_url(self) -> str:
+        """Base of the debug API (``/truth``, ``/faults``, ...)."""
+        return self.url + DEBUG_PREFIX
 
     @property
     def elevenlabs_url(self) -> str:

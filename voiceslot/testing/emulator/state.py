@@ -15,7 +15,10 @@ routes stay thin and tests can drive and inspect the same object from another th
 - ElevenLabs characters beyond ``character_limit`` get 401 ``quota_exceeded``.
 
 Every voice ever created is kept (deleted ones are marked, not removed), so tests can
-assert that a label was cloned exactly once: ``created_labels()``.
+assert that a label was cloned exactly once: ``created_labels()``. Every create and delete
+also feeds ``truth`` (a ``TruthLedger``): live copies per voiceslot voice id across
+generations and live voices per account, their high-water marks, and whether an account
+ever held more voices than the capacity voiceslot was given (``watch_capacity``).
 
 Methods raise ``EmulatorError`` (status, code, message); the routes render it in each
 provider's error shape. Codes from the README are real; ``bad_request`` and
@@ -39,6 +42,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from voiceslot.testing.emulator.faults import Decision, FaultScript, Op
+from voiceslot.testing.emulator.truth import DEFAULT_LABEL_PREFIX, TruthLedger
 
 ProviderKind = Literal["elevenlabs", "cartesia"]
 ELEVENLABS: ProviderKind = "elevenlabs"
@@ -145,6 +149,8 @@ class VoiceRecord:
     sample_sha256: str = ""
     created_at: float = 0.0
     deleted_at: float | None = None
+    visible_at: float = 0.0
+    """``time.monotonic()`` from which list results show it (see ``FaultScript.list_lag_s``)."""
 
     @property
     def live(self) -> bool:
@@ -202,14 +208,17 @@ def select_voices(
     premade_only: bool = False,
     category: str | None = None,
     search: str | None = None,
+    now: float | None = None,
 ) -> list[VoiceRecord]:
-    """Live voices visible to an account, filtered as the list endpoints do, by seq."""
+    """Live voices visible to an account, filtered as the list endpoints do, by seq;
+    with ``now``, voices whose ``visible_at`` is still ahead are left out (list lag)."""
     needle = (search or "").lower()
     chosen = [
         v
         for v in voices
         if v.provider == provider
         and v.live
+        and (now is None or v.visible_at <= now)
         and (v.owner == api_key or v.owner is None)
         and not (owned_only and v.owner != api_key)
         and not (premade_only and v.owner is not None)
@@ -292,7 +301,13 @@ class EmulatorState:
     hanging clone) cannot touch the new state.
     """
 
-    def __init__(self, *, accounts: Iterable[Account] | None = None, seed: int = 0) -> None:
+    def __init__(
+        self,
+        *,
+        accounts: Iterable[Account] | None = None,
+        seed: int = 0,
+        label_prefix: str = DEFAULT_LABEL_PREFIX,
+    ) -> None:
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
         self._seed = seed
@@ -303,6 +318,10 @@ class EmulatorState:
         """Fault scripting; thread-safe, and the same object across ``reset``."""
         self._epoch = 0
         self._fenced = 0
+        self.truth = TruthLedger(label_prefix=label_prefix)
+        """Ground truth for invariant checks; read it through ``truth_snapshot``."""
+        for account in self._initial_accounts:
+            self.truth.set_capacity(account.provider, account.api_key, account.voice_limit)
         self._init_state()
 
     def _init_state(self) -> None:
@@ -316,6 +335,7 @@ class EmulatorState:
         self.page_size_cap = MAX_PAGE_SIZE
         self._requests: list[RequestRecord] = []
         self._request_counts: Counter[tuple[str, Op]] = Counter()
+        self.truth.clear()
         self._stream_gate.set()
         for provider, name, category in _PREMADE:
             self._add_voice(
@@ -347,8 +367,22 @@ class EmulatorState:
         with self._changed:
             stored = replace(account)
             self._accounts[(account.provider, account.api_key)] = stored
+            if (account.provider, account.api_key) not in self.truth.capacity:
+                self.truth.set_capacity(account.provider, account.api_key, account.voice_limit)
             self._changed.notify_all()
             return stored
+
+    def watch_capacity(self, provider: ProviderKind, api_key: str, capacity: int | None) -> None:
+        """Record instants when the account holds more than ``capacity`` voices (the number
+        voiceslot was configured with), whatever the account itself enforces: a test that
+        lifts ``voice_limit`` so the provider cannot hide an overshoot still sees it."""
+        with self._changed:
+            self.truth.set_capacity(provider, api_key, capacity)
+
+    def set_label_prefix(self, prefix: str) -> None:
+        """The ``allocator.label_prefix`` whose labels the ledger parses into voice ids."""
+        with self._changed:
+            self.truth.label_prefix = prefix
 
     def configure_account(self, provider: ProviderKind, api_key: str, **settings: Any) -> None:
         """Change an account's settings (or counters) at run time."""
@@ -442,6 +476,14 @@ class EmulatorState:
                 labels=dict(labels or {}),
                 language=language,
                 sample_sha256=sha,
+                visible_at=time.monotonic() + self.faults.list_lag_s,
+            )
+            self.truth.record(
+                "create",
+                provider=account.provider,
+                account=account.api_key,
+                remote_id=voice.voice_id,
+                name=voice.name,
             )
             self._changed.notify_all()
             return voice
@@ -454,6 +496,13 @@ class EmulatorState:
                 raise self._not_found(voice_id)
             deleted = replace(voice, deleted_at=time.time())
             self._voices[voice_id] = deleted
+            self.truth.record(
+                "delete",
+                provider=account.provider,
+                account=account.api_key,
+                remote_id=voice_id,
+                name=voice.name,
+            )
             self._changed.notify_all()
             return deleted
 
@@ -498,6 +547,7 @@ class EmulatorState:
                 premade_only=premade_only,
                 category=category,
                 search=search,
+                now=time.monotonic(),
             )
             # None: everything at once (unpaginated endpoints ignore the page size cap).
             size = len(selected) + 1 if page_size is None else min(page_size, self.page_size_cap)
@@ -568,6 +618,22 @@ class EmulatorState:
         self, provider: ProviderKind | None = None, *, api_key: str | None = None
     ) -> list[VoiceRecord]:
         return [v for v in self.created_voices(provider) if v.live and api_key in (None, v.owner)]
+
+    def truth_snapshot(self, *, with_events: bool = True) -> dict[str, Any]:
+        """The ledger as JSON-ready data (what ``GET /_emulator/truth`` serves)."""
+        with self._lock:
+            return self.truth.snapshot(with_events=with_events)
+
+    def delete_as_owner(self, provider: ProviderKind, api_key: str, voice_id: str) -> VoiceRecord:
+        """Delete a voice as its account would over the API (no request recorded, no
+        fault applied): a test cleaning up what it left behind."""
+        with self._changed:
+            return self.delete_voice(self._account(provider, api_key), voice_id)
+
+    def rebase_truth(self) -> None:
+        """A new observation window for the ledger (see ``TruthLedger.rebase``)."""
+        with self._changed:
+            self.truth.rebase()
 
     def account(self, provider: ProviderKind, api_key: str) -> Account:
         """A snapshot of an account's settings and counters."""
