@@ -14,9 +14,14 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from synth_svc.allocator_client import ActiveVoice, AllocatorClient
-from synth_svc.domain.formats import OutputFormat
+from synth_svc.domain.formats import (
+    LOWEST_NATIVE_RATE,
+    OutputFormat,
+    least_audio_seconds,
+    too_large_for_one_message,
+)
 from voiceslot import errors, telemetry
-from voiceslot.audio import StreamEncoder, encode, supported_rate
+from voiceslot.audio import StreamEncoder, encode, min_bytes_per_second, supported_rate
 from voiceslot.config import SynthConfig
 from voiceslot.logs import get_logger
 from voiceslot.providers.base import PcmAudio, Provider, SynthesisRequest
@@ -148,11 +153,19 @@ class Synthesizer:
             self._observe(active.provider, "stream", started, samples / rate)
 
     async def synthesize(
-        self, request: SpeechRequest, *, deadline: float
+        self, request: SpeechRequest, *, deadline: float, max_bytes: int | None = None
     ) -> tuple[bytes, OutputFormat, float]:
         """The whole utterance: (encoded bytes, format, audio seconds). The lease covers
-        the engine only; encoding happens after it is released."""
+        the engine only; encoding happens after it is released.
+
+        With ``max_bytes`` (what one answer may carry), text whose audio cannot fit is
+        refused before any work, from the least audio it can make; audio that still turns
+        out larger is refused once encoded. Both name the streaming call instead."""
         sentences = self.prepare(request)
+        if max_bytes is not None:
+            _refuse_if_too_large(
+                _least_bytes(sentences, request.format), max_bytes, request.format, estimated=True
+            )
         started = time.perf_counter()
         async with self.allocator.leased(request.voice_id, deadline=deadline) as active:
             pieces = [pcm async for _, pcm in self._pcm(active, sentences, request)]
@@ -165,6 +178,8 @@ class Synthesizer:
         # One hop to a thread for the whole file: minutes of audio are worth moving off
         # the event loop whatever the encoding.
         data = await asyncio.to_thread(encode, whole, fmt.encoding, sample_rate=fmt.sample_rate)
+        if max_bytes is not None:
+            _refuse_if_too_large(len(data), max_bytes, fmt, estimated=False)
         self._observe(active.provider, "unary", started, whole.duration_s)
         return data, fmt, whole.duration_s
 
@@ -174,6 +189,18 @@ class Synthesizer:
         telemetry.SYNTH_SECONDS.labels(provider, mode).observe(elapsed)
         if audio_s > 0:
             telemetry.SYNTH_RTF.labels(provider).observe(elapsed / audio_s)
+
+
+def _least_bytes(sentences: list[str], fmt: OutputFormat) -> int:
+    """The fewest bytes the audio of ``sentences`` can take in ``fmt``."""
+    seconds = least_audio_seconds(sum(len(s) for s in sentences))
+    rate = fmt.sample_rate or LOWEST_NATIVE_RATE
+    return int(seconds * min_bytes_per_second(fmt.encoding, rate))
+
+
+def _refuse_if_too_large(size: int, max_bytes: int, fmt: OutputFormat, *, estimated: bool) -> None:
+    if error := too_large_for_one_message(size, max_bytes, fmt, estimated=estimated):
+        raise error
 
 
 # Encodings whose work per chunk is a copy (and a resample at most): cheaper inline than a

@@ -15,12 +15,15 @@ from synth_svc.repository import Item, Job
 from synth_svc.service import SpeechRequest, Synthesizer
 from voiceslot.rpc.convert import duration, timestamp
 from voiceslot.rpc.interceptors import current_principal
+from voiceslot.rpc.server import MAX_MESSAGE_BYTES
 from voiceslot.v1 import common_pb2
 from voiceslot.v1 import synthesizer_pb2 as pb
 from voiceslot.v1 import synthesizer_pb2_grpc as pb_grpc
 
 # Without a client deadline, a call waits at most this long for a slot.
 DEFAULT_WAIT_S = 30.0
+# Room in a SynthesizeResponse for what travels beside the audio (format, duration).
+RESPONSE_HEADROOM_BYTES = 4096
 
 _ENCODING_FROM_PB = {
     common_pb2.AUDIO_ENCODING_WAV: "wav",
@@ -106,7 +109,9 @@ class SynthesizerServicer(pb_grpc.SynthesizerServiceServicer):
         self, request: pb.SynthesizeRequest, context: grpc.aio.ServicerContext
     ) -> pb.SynthesizeResponse:
         audio, fmt, seconds = await self.synthesizer.synthesize(
-            self._speech(request), deadline=deadline_of(context)
+            self._speech(request),
+            deadline=deadline_of(context),
+            max_bytes=MAX_MESSAGE_BYTES - RESPONSE_HEADROOM_BYTES,
         )
         return pb.SynthesizeResponse(
             audio=audio, format=format_pb(fmt), audio_duration=duration(seconds)

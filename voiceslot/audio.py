@@ -476,6 +476,19 @@ def _wav_header(rate: int, data_bytes: int | None) -> bytes:
     )
 
 
+def min_bytes_per_second(encoding: str, rate: int) -> float:
+    """The fewest bytes one second of audio at ``rate`` Hz takes as ``encoding`` from
+    ``encode``: exact for WAV and PCM (16-bit mono), the constant bit rate for MP3, and
+    none for Opus (its variable rate spends next to nothing on pauses). Lets a caller know
+    an answer is too large before making it."""
+    _check_encoding(encoding)
+    if encoding in ("wav", "pcm16"):
+        return 2.0 * rate
+    if encoding == "mp3":
+        return _mp3_kbps(rate) * 1000 / 8
+    return 0.0
+
+
 def _mp3_kbps(rate: int) -> int:
     """Constant bit rate for mono speech in each MPEG version's band of rates."""
     return 96 if rate >= 32000 else 64 if rate >= 16000 else 32

@@ -48,6 +48,59 @@ class _CleanTable(dict[int, int | None]):
 _CLEAN = _CleanTable()
 
 
+# --- characters as people see them ------------------------------------------------------
+
+MAX_MARKS_PER_CHARACTER = 16
+"""Combining marks and joiners one character may carry. Real writing needs a few
+(Vietnamese two, Hebrew with cantillation or Tibetan stacks four or five, an emoji family
+six); "Zalgo" text stacks thousands on one letter, which an engine reads as thousands of
+sounds. Unicode's stream-safe format (UAX #15) caps the same thing at 30."""
+RAW_CHARS_PER_CHAR = 4
+RAW_CHARS_SLACK = 65536
+"""Text longer than ``RAW_CHARS_PER_CHAR`` times the limit plus ``RAW_CHARS_SLACK`` before
+normalising is refused unread: normalising (whitespace runs, invisible characters) does not
+shrink honest text that much, and the work done on a request stays bounded by its limit."""
+
+_ZWJ = "\u200d"
+_JOINERS = frozenset("\u200c\u200d")
+
+
+def _extends_character(ch: str) -> bool:
+    """Whether ``ch`` belongs to the character before it: a combining mark (Mn, Mc, Me,
+    variation selectors included), a joiner, or an emoji skin-tone modifier."""
+    return (
+        ch in _JOINERS
+        or unicodedata.category(ch).startswith("M")
+        or "\U0001f3fb" <= ch <= "\U0001f3ff"
+    )
+
+
+def character_spans(text: str) -> list[tuple[int, int]]:
+    """(start, end) of each user-perceived character of ``text``: a base code point with
+    the marks, joiners and modifiers that extend it, and what a zero-width joiner joins
+    (emoji sequences). A close, dependency-free reading of Unicode's extended grapheme
+    clusters (UAX #29): enough to never cut a mark from its letter and to count marks."""
+    spans: list[tuple[int, int]] = []
+    start = 0
+    for i in range(1, len(text)):
+        if not (_extends_character(text[i]) or text[i - 1] == _ZWJ):
+            spans.append((start, i))
+            start = i
+    if text:
+        spans.append((start, len(text)))
+    return spans
+
+
+def _check_marks(text: str, field: str) -> None:
+    for start, end in character_spans(text):
+        if end - start - 1 > MAX_MARKS_PER_CHARACTER:
+            raise InvalidArgument(
+                field,
+                f"the character at position {start} carries {end - start - 1} combining marks "
+                f"or joiners; at most {MAX_MARKS_PER_CHARACTER} per character are accepted",
+            )
+
+
 def normalize(text: str) -> str:
     """NFC, control and invisible format characters removed (tabs and line breaks become
     spaces), runs of whitespace collapsed to one space, ends stripped."""
@@ -56,8 +109,17 @@ def normalize(text: str) -> str:
 
 
 def validate_text(text: str, *, max_chars: int, field: str = "text") -> str:
-    """``text`` normalised; ``InvalidArgument`` when nothing is left or it is longer than
-    ``max_chars`` characters. Never truncates: a cut sentence would be spoken wrong."""
+    """``text`` normalised; ``InvalidArgument`` when nothing is left, when it is longer
+    than ``max_chars`` characters, or when a character carries more than
+    ``MAX_MARKS_PER_CHARACTER`` combining marks. Never truncates: a cut sentence would be
+    spoken wrong.
+
+    The limits apply to the normalised text, so the work an engine is given follows from
+    what the text says, not from how it was encoded."""
+    if len(text) > RAW_CHARS_PER_CHAR * max_chars + RAW_CHARS_SLACK:
+        raise InvalidArgument(
+            field, f"is {len(text)} characters long before normalising; the limit is {max_chars}"
+        )
     normalized = normalize(text)
     if not normalized:
         raise InvalidArgument(field, "is empty")
@@ -65,6 +127,7 @@ def validate_text(text: str, *, max_chars: int, field: str = "text") -> str:
         raise InvalidArgument(
             field, f"is {len(normalized)} characters long; the limit is {max_chars}"
         )
+    _check_marks(normalized, field)
     return normalized
 
 
@@ -100,7 +163,27 @@ def split_sentences(text: str, *, max_chars: int = 250) -> list[str]:
     pieces: list[str] = []
     for sentence in _sentences(text):
         pieces.extend(_fit(sentence, max_chars, _SPLITTERS))
-    return pieces
+    return _join_unspoken(pieces, max_chars)
+
+
+def _speaks(piece: str) -> bool:
+    """Whether ``piece`` has anything to say: a letter or a digit in any script."""
+    return any(ch.isalnum() for ch in piece)
+
+
+def _join_unspoken(pieces: list[str], max_chars: int) -> list[str]:
+    """Pieces with nothing to say ("...", "—", a lone "!") joined to a neighbour where it
+    fits: each is otherwise an engine call of its own, and "a. . . . ." would be thousands
+    of calls for one word (or an engine error for returning no audio)."""
+    joined: list[str] = []
+    for piece in pieces:
+        if joined and not (_speaks(piece) and _speaks(joined[-1])):
+            merged = f"{joined[-1]} {piece}"
+            if len(merged) <= max_chars:
+                joined[-1] = merged
+                continue
+        joined.append(piece)
+    return joined
 
 
 def _sentences(text: str) -> Iterator[str]:
@@ -140,20 +223,25 @@ def _by_word(text: str) -> list[str]:
 
 
 def _by_character(text: str, max_chars: int) -> list[str]:
-    """``max_chars``-long runs, never separating a combining mark or joiner from the
-    character before it (unless a run would otherwise be empty)."""
-    runs, start = [], 0
-    while start < len(text):
-        end = min(start + max_chars, len(text))
-        while start + 1 < end < len(text) and _attaches_to_previous(text[end]):
-            end -= 1
+    """Runs of at most ``max_chars`` code points cut between characters (``character_spans``),
+    so a mark or joiner stays with its letter; a single character longer than
+    ``max_chars`` is cut by code points."""
+    runs: list[str] = []
+    start = end = 0
+    for _, span_end in character_spans(text):
+        if span_end - start <= max_chars:
+            end = span_end
+            continue
+        if end > start:
+            runs.append(text[start:end])
+            start = end
+        while span_end - start > max_chars:  # one character longer than a run
+            runs.append(text[start : start + max_chars])
+            start += max_chars
+        end = span_end
+    if end > start:
         runs.append(text[start:end])
-        start = end
     return runs
-
-
-def _attaches_to_previous(ch: str) -> bool:
-    return unicodedata.combining(ch) > 0 or ch in "\u200c\u200d\ufe0f"
 
 
 _SPLITTERS: tuple[Callable[[str], list[str]], ...] = (_by_clause, _by_word)

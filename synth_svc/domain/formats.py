@@ -32,3 +32,34 @@ def requested_format(
             "format.sample_rate_hz", f"must be 0 (native) or {MIN_RATE}..{MAX_RATE}"
         )
     return OutputFormat(encoding, sample_rate)
+
+
+FASTEST_SPEECH_CHARS_PER_S = 25.0
+"""Characters of text per second of speech, faster than any engine reads prose (people
+speak 12-18; the engines measured here 15-23): text of n characters makes at least
+n / 25 seconds of audio."""
+LOWEST_NATIVE_RATE = 16000
+"""The lowest rate an engine speaks at natively, for estimates before it has spoken."""
+
+
+def least_audio_seconds(chars: int) -> float:
+    """The shortest audio that ``chars`` characters of text can be spoken in."""
+    return chars / FASTEST_SPEECH_CHARS_PER_S
+
+
+def too_large_for_one_message(
+    size: int, max_bytes: int, fmt: OutputFormat, *, estimated: bool
+) -> InvalidArgument | None:
+    """The error for a unary answer of ``size`` bytes when that is more than one message
+    may carry, naming the streaming call that has no such limit; None when it fits."""
+    if size <= max_bytes:
+        return None
+    mib = 1024 * 1024
+    rate = f" at {fmt.sample_rate} Hz" if fmt.sample_rate else ""
+    what = "would be at least" if estimated else "is"
+    return InvalidArgument(
+        "text",
+        f"the audio {what} {size / mib:.1f} MiB as {fmt.encoding}{rate}, more than the "
+        f"{max_bytes / mib:.1f} MiB one Synthesize answer may carry; use SynthesizeStream, "
+        "or a compressed encoding (mp3, opus) or a lower sample rate",
+    )

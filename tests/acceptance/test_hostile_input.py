@@ -15,7 +15,7 @@ from tests.acceptance.test_errors_and_auth import expect, field_violations
 from tests.conftest import ADMIN_KEY, ALICE_KEY, auth
 from tests.support import register_requests
 from voiceslot.v1 import allocator_pb2 as apb
-from voiceslot.v1 import allocator_pb2_grpc, synthesizer_pb2_grpc
+from voiceslot.v1 import allocator_pb2_grpc, common_pb2, synthesizer_pb2_grpc
 from voiceslot.v1 import synthesizer_pb2 as spb
 
 MIB = 1024 * 1024
@@ -155,4 +155,37 @@ async def test_batch_idempotency_key_is_checked_before_it_is_stored(channel):
         ),
     )
     assert field_violations(exc) == ["idempotency_key"]
+    assert_short(exc)
+
+
+async def test_a_letter_stacked_with_accents_is_refused_at_once(channel):
+    # "a" + N x U+0301, under the 5000-character limit: N = 1000 made 761 sentences and
+    # 200 s of audio, N = 4000 no answer within 30 s. Now: refused before any work.
+    synth = synthesizer_pb2_grpc.SynthesizerServiceStub(channel)
+    for marks in (1000, 2000, 4000):
+        request = spb.SynthesizeRequest(voice_id=UNKNOWN_VOICE, text="a" + "\u0301" * marks)
+        exc = await expect(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            synth.Synthesize(request, metadata=auth(ALICE_KEY), timeout=5),
+        )
+        assert field_violations(exc) == ["text"]
+        assert "combining marks" in exc.details()
+
+
+async def test_unary_synthesis_too_large_for_one_message_names_the_stream(channel):
+    # 5000 characters of prose as 48 kHz WAV is over 16 MiB of audio: it failed after 6 s
+    # of work with "Sent message larger than max". Now it is refused up front.
+    synth = synthesizer_pb2_grpc.SynthesizerServiceStub(channel)
+    prose = ("The quick brown fox jumps over the lazy dog, and then it rests. " * 80)[:5000]
+    request = spb.SynthesizeRequest(
+        voice_id=UNKNOWN_VOICE,
+        text=prose,
+        format=common_pb2.AudioFormat(encoding=common_pb2.AUDIO_ENCODING_WAV, sample_rate_hz=48000),
+    )
+    exc = await expect(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        synth.Synthesize(request, metadata=auth(ALICE_KEY), timeout=5),
+    )
+    assert field_violations(exc) == ["text"]
+    assert "SynthesizeStream" in exc.details()
     assert_short(exc)

@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import random
 import re
+import unicodedata
 
 import pytest
 
 from voiceslot.errors import InvalidArgument
-from voiceslot.text import normalize, split_sentences, validate_item_name, validate_text
+from voiceslot.text import (
+    MAX_MARKS_PER_CHARACTER,
+    character_spans,
+    normalize,
+    split_sentences,
+    validate_item_name,
+    validate_text,
+)
 
 
 def squeeze(text: str) -> str:
@@ -88,6 +96,55 @@ def test_validate_text_counts_after_normalising() -> None:
     assert validate_text("a" + " " * 50 + "b", max_chars=3) == "a b"
 
 
+@pytest.mark.parametrize("marks", [1000, 2000, 4000])
+def test_a_letter_stacked_with_accents_is_refused_quickly(marks: int) -> None:
+    # "a" + N x U+0301 is under the 5000-character limit, yet it was cut into hundreds of
+    # one-mark "sentences": minutes of audio, or no answer at all (issue 15).
+    with pytest.raises(InvalidArgument) as info:
+        validate_text("a" + "\u0301" * marks, max_chars=5000)
+    assert info.value.field == "text"
+    assert "combining marks" in info.value.description
+
+
+def test_marks_per_character_limit_is_exact() -> None:
+    # "x" has no precomposed accented forms, so NFC leaves every mark in place.
+    ok = "x" + "\u0301\u0302\u0303\u0304" * (MAX_MARKS_PER_CHARACTER // 4)
+    assert validate_text(f"{ok} and more", max_chars=100) == normalize(f"{ok} and more")
+    with pytest.raises(InvalidArgument):
+        validate_text(ok + "\u0305", max_chars=100)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Vi\u1ec7t Nam \u0111\u1eb9p l\u1eafm.",  # Vietnamese: two marks on a letter
+        "\u05e9\u05c1\u05b8\u05c1\u05d1",  # Hebrew with points
+        "\U0001f468\u200d\U0001f469\u200d\U0001f467\u200d\U0001f466 family",  # ZWJ emoji
+        "\U0001f44d\U0001f3fd ok",  # emoji with a skin tone
+        "\u0915\u094d\u0937\u093f\u0924\u093f",  # Devanagari conjunct and vowel signs
+    ],
+)
+def test_real_writing_keeps_its_marks(text: str) -> None:
+    assert validate_text(text, max_chars=100) == normalize(text)
+
+
+def test_character_spans_group_marks_joiners_and_modifiers() -> None:
+    text = "e\u0301x\U0001f469\u200d\U0001f467\U0001f44d\U0001f3fd"
+    assert [text[a:b] for a, b in character_spans(text)] == [
+        "e\u0301",
+        "x",
+        "\U0001f469\u200d\U0001f467",
+        "\U0001f44d\U0001f3fd",
+    ]
+    assert character_spans("") == []
+
+
+def test_text_far_over_the_limit_is_refused_before_normalising() -> None:
+    with pytest.raises(InvalidArgument) as info:
+        validate_text("x" * 200_000, max_chars=5000)
+    assert "before normalising" in info.value.description
+
+
 # --- split_sentences -------------------------------------------------------------------
 
 
@@ -142,6 +199,24 @@ def test_hard_cut_keeps_combining_marks_with_their_letter() -> None:
     pieces = split_sentences(word, max_chars=5)
     assert_lossless(word, pieces, 5)
     assert all(not piece.startswith("\u0301") for piece in pieces)
+
+
+def test_hard_cut_never_strands_marks_of_a_full_character() -> None:
+    text = ("a" + "\u0301" * MAX_MARKS_PER_CHARACTER) * 40
+    pieces = split_sentences(text, max_chars=240)
+    assert_lossless(text, pieces, 240)
+    assert len(pieces) == 3  # 680 code points in runs of whole characters
+    assert all(not unicodedata.category(piece[0]).startswith("M") for piece in pieces)
+
+
+def test_pieces_with_nothing_to_say_join_a_neighbour() -> None:
+    assert split_sentences("Wait . . . What ?! . No.") == ["Wait . . .", "What ?! .", "No."]
+    assert split_sentences("... Hello.") == ["... Hello."]
+    # Thousands of lone periods after one word: a handful of engine calls, not thousands.
+    text = "a" + " ." * 2000
+    pieces = split_sentences(text, max_chars=240)
+    assert_lossless(text, pieces, 240)
+    assert len(pieces) <= 4000 // 240 + 1
 
 
 def test_cjk_without_punctuation_or_spaces_is_cut_by_characters() -> None:
