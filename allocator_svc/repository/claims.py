@@ -1,0 +1,321 @@
+"""Dispatch: claiming queued requests under the provider row's lock (capacity, breaker,
+token bucket), and ending a claimed allocation: complete, fail (retry or dead-letter), or
+find it stuck.
+
+The voice moves with its request (QUEUED → ALLOCATING → READY / QUEUED / FAILED), in the
+same transaction, fenced by the claim's token.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import bindparam, exists, func, literal, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+
+from allocator_svc.domain.breaker import BreakerPolicy, BreakerState
+from allocator_svc.domain.reclaim import ReclaimPolicy
+from allocator_svc.domain.states import EventReason, VoiceState, check_transition
+from allocator_svc.models import (
+    AllocationRequestRow,
+    AllocationTurnRow,
+    ProviderRow,
+    VoiceRow,
+)
+from allocator_svc.records import (
+    Claim,
+    ReclaimTarget,
+)
+from allocator_svc.repository._base import S, insert_event_from, transition
+from allocator_svc.repository.providers import breaker_of, slots_used
+from allocator_svc.repository.queue import QueueRepository
+from allocator_svc.repository.slots import SlotsRepository
+from voiceslot.db import UtcDateTime
+from voiceslot.errors import FailedPrecondition, NotFound, bounded
+from voiceslot.token_bucket import Bucket, TokenBucket
+
+
+@dataclass(frozen=True)
+class ClaimResult:
+    claims: list[Claim]
+    reclaims: list[ReclaimTarget]
+
+
+def in_flight_claim(req: AllocationRequestRow, voice: VoiceRow) -> Claim:
+    """The claim of an allocation already in flight, as its dispatcher holds it."""
+    return Claim(
+        req.id,
+        voice.id,
+        voice.provider,
+        voice.generation,
+        req.lease_token or "",
+        req.attempts,
+        voice.sample_key,
+        voice.language,
+    )
+
+
+class _Complete:
+    """ALLOCATING → READY fenced by the claim's token, its event, and the request's
+    completion, built once. On PostgreSQL the steps are CTEs of one statement (every
+    allocation ends here, and a transaction of separate statements cost a round trip
+    each); SQLite runs the same steps one after another in its transaction."""
+
+    def __init__(self) -> None:
+        now = bindparam("b_now", type_=UtcDateTime())
+        self.voice = (
+            update(VoiceRow)
+            .where(
+                VoiceRow.id == bindparam("b_voice_id"),
+                VoiceRow.state == S.ALLOCATING.value,
+                VoiceRow.allocation_token == bindparam("b_token"),
+            )
+            .values(
+                state=S.READY.value,
+                provider_voice_id=bindparam("b_remote"),
+                allocation_token=None,
+                last_error="",
+                last_used_at=now,
+                state_changed_at=now,
+                updated_at=now,
+            )
+            .returning(VoiceRow.id)
+        )
+        done = self.voice.cte("v")
+        self.pg = (
+            select(func.count())
+            .select_from(done)
+            .add_cte(self._event(done, now).cte("e"))
+            .add_cte(self._request(done, now).cte("r"))
+        )
+        one = select(bindparam("b_voice_id").label("id")).subquery("v")
+        self.event = self._event(one, now)
+        self.request = self._request(one, now)
+
+    @staticmethod
+    def _event(done: Any, now: Any) -> Any:
+        before, after = literal(S.ALLOCATING.value), literal(S.READY.value)
+        reason, message = bindparam("b_reason"), bindparam("b_message")
+        return insert_event_from(done.c.id, reason, before, after, message, now)
+
+    @staticmethod
+    def _request(done: Any, now: Any) -> Any:
+        return (
+            update(AllocationRequestRow)
+            .where(AllocationRequestRow.id == bindparam("b_request_id"), exists(select(done.c.id)))
+            .values(state="done", lease_token=None, updated_at=now)
+        )
+
+    async def run(self, conn: AsyncConnection, params: dict[str, Any]) -> bool:
+        if conn.dialect.name == "postgresql":
+            return bool((await conn.execute(self.pg, params)).scalar_one())
+        if (await conn.execute(self.voice, params)).first() is None:
+            return False
+        await conn.execute(self.event, params)
+        await conn.execute(self.request, params)
+        return True
+
+
+COMPLETE = _Complete()
+
+
+class ClaimsRepository(QueueRepository, SlotsRepository):
+    async def claim(
+        self,
+        provider: str,
+        now: datetime,
+        *,
+        limit: int,
+        allocation_timeout: timedelta,
+        reclaim_policy: ReclaimPolicy,
+        breaker: BreakerPolicy | None = None,
+        bucket: TokenBucket | None = None,
+    ) -> ClaimResult:
+        """Take due requests for ``provider`` up to what may start now, fairly across
+        users, and pick reclaim victims if it is full with requests waiting.
+
+        What may start is the least of: free slots, ``limit``, the breaker's admission
+        (none while open, one probe when half-open) and the token bucket's whole tokens.
+        All of it is decided under the provider row's lock (``SKIP LOCKED``: a replica
+        that finds it taken leaves this round to the one holding it), and only this
+        method moves voices into slot-holding states, so concurrent dispatchers can never
+        overshoot the capacity, probe twice or overdraw the bucket.
+        """
+        breaker = breaker or BreakerPolicy()
+        bucket = bucket or TokenBucket()
+        async with self._sessions.begin() as s:
+            prov = (
+                await s.execute(
+                    select(ProviderRow)
+                    .where(ProviderRow.name == provider)
+                    .with_for_update(skip_locked=True)
+                )
+            ).scalar_one_or_none()
+            if prov is None:
+                return ClaimResult([], [])  # another replica is dispatching this provider
+            state = breaker_of(prov)
+            after, admitted = breaker.admit(state, now)
+            if admitted == 0:
+                return ClaimResult([], [])  # open: no clones, and no reclaims for them
+            free = max(0, prov.capacity - await slots_used(s, provider))
+            backlog = await self._backlog(s, provider, now)
+            tokens = Bucket(prov.tokens, prov.tokens_at)
+            may_start = min(free, limit, bucket.available(tokens, now))
+            if admitted is not None:
+                may_start = min(may_start, admitted)
+            claims: list[Claim] = []
+            if may_start and backlog:
+                owners = set()
+                for req_id in await self._fair_order(s, provider, now, may_start):
+                    claimed = await self._claim_one(s, req_id, now, allocation_timeout)
+                    if claimed is not None:
+                        claims.append(claimed[0])
+                        owners.add(claimed[1])
+                if owners:
+                    await self._take_turns(s, provider, sorted(owners), now)
+            if claims:
+                spent = bucket.spend(tokens, len(claims), now)
+                prov.tokens, prov.tokens_at = spent.tokens, spent.at
+                if breaker.probe_started(after, len(claims)):
+                    prov.breaker_state = after.state.value
+                    prov.breaker_open_until = after.open_until
+                prov.updated_at = now
+            reclaims: list[ReclaimTarget] = []
+            waiting = backlog - len(claims)
+            if waiting > 0 and free - len(claims) <= 0 and state.state == BreakerState.CLOSED:
+                reclaims = await self._pick_reclaims(s, prov, waiting, now, reclaim_policy)
+            return ClaimResult(claims, reclaims)
+
+    async def _take_turns(
+        self, s: AsyncSession, provider: str, owners: list[str], now: datetime
+    ) -> None:
+        """Record that these users were just served at ``provider`` (one statement)."""
+        insert_ = pg_insert if self._postgres else sqlite_insert
+        await s.execute(
+            insert_(AllocationTurnRow)
+            .values([{"provider": provider, "owner": o, "last_claimed_at": now} for o in owners])
+            .on_conflict_do_update(
+                index_elements=[AllocationTurnRow.provider, AllocationTurnRow.owner],
+                set_={"last_claimed_at": now},
+            )
+        )
+
+    async def _claim_one(
+        self, s: AsyncSession, req_id: int, now: datetime, allocation_timeout: timedelta
+    ) -> tuple[Claim, str] | None:
+        """Take one queued request (and its voice) in the claim's transaction: (the claim,
+        its owner), or None if either moved on meanwhile."""
+        req = await s.get(AllocationRequestRow, req_id, with_for_update=True)
+        voice = await s.get(VoiceRow, req.voice_id, with_for_update=True) if req else None
+        if req is None or voice is None or req.state != "queued" or voice.state != S.QUEUED.value:
+            return None
+        token = uuid.uuid4().hex
+        req.state, req.lease_token = "leased", token
+        req.lease_expires_at = now + allocation_timeout
+        req.attempts += 1
+        req.updated_at = now
+        voice.generation += 1
+        voice.allocation_token = token
+        transition(
+            s,
+            voice,
+            S.ALLOCATING,
+            EventReason.ALLOCATION_STARTED,
+            now,
+            message=f"attempt {req.attempts}",
+        )
+        return in_flight_claim(req, voice), req.owner
+
+    async def complete_allocation(
+        self, claim: Claim, provider_voice_id: str, now: datetime, *, adopted: bool
+    ) -> bool:
+        """READY, fenced by the claim's token. False: the allocation was reset or the voice
+        deleted meanwhile, and the remote voice just made belongs to nobody."""
+        check_transition(S.ALLOCATING, S.READY)
+        params = {
+            "b_voice_id": claim.voice_id,
+            "b_token": claim.token,
+            "b_remote": provider_voice_id,
+            "b_message": bounded(provider_voice_id),
+            "b_reason": (EventReason.ADOPTED if adopted else EventReason.CLONED).value,
+            "b_request_id": claim.request_id,
+            "b_now": now,
+        }
+        if self._hot is not None:  # one statement, its own transaction
+            async with self._hot.connect() as conn:
+                return await COMPLETE.run(conn, params)
+        async with self._engine.begin() as conn:
+            return await COMPLETE.run(conn, params)
+
+    async def fail_allocation(
+        self,
+        claim: Claim,
+        error: str,
+        now: datetime,
+        *,
+        retry_at: datetime | None,
+        reason: EventReason = EventReason.ALLOCATION_RETRY,
+    ) -> VoiceState | None:
+        """Back to the queue at ``retry_at`` (recorded with ``reason``), or dead-lettered when
+        it is None. Returns the voice's new state, or None if the claim was fenced off."""
+        async with self._sessions.begin() as s:
+            voice = await s.get(VoiceRow, claim.voice_id, with_for_update=True)
+            req = await s.get(AllocationRequestRow, claim.request_id, with_for_update=True)
+            if (
+                voice is None
+                or req is None
+                or voice.state != S.ALLOCATING.value
+                or voice.allocation_token != claim.token
+            ):
+                return None
+            voice.allocation_token = None
+            voice.last_error = bounded(error)
+            req.last_error = bounded(error)
+            req.lease_token, req.lease_expires_at, req.updated_at = None, None, now
+            if retry_at is None:
+                req.state = "dead"
+                transition(s, voice, S.FAILED, EventReason.DEAD_LETTERED, now, message=error)
+                return S.FAILED
+            req.state, req.run_at = "queued", retry_at
+            transition(s, voice, S.QUEUED, reason, now, message=error)
+            return S.QUEUED
+
+    async def stuck_allocations(self, now: datetime, *, provider: str = "") -> list[Claim]:
+        """In-flight allocations whose dispatch lease expired: their dispatcher died or hung."""
+        async with self._sessions() as s:
+            r = AllocationRequestRow
+            q = (
+                select(r, VoiceRow)
+                .join(VoiceRow, VoiceRow.id == r.voice_id)
+                .where(
+                    r.state == "leased",
+                    r.lease_expires_at <= now,
+                    VoiceRow.state == S.ALLOCATING.value,
+                )
+            )
+            if provider:
+                q = q.where(r.provider == provider)
+            return [in_flight_claim(req, v) for req, v in (await s.execute(q)).all()]
+
+    async def claim_for_voice(self, voice_id: str) -> Claim:
+        """The in-flight allocation of a voice (for an admin's stuck reset)."""
+        async with self._sessions() as s:
+            v = await s.get(VoiceRow, voice_id)
+            if v is None:
+                raise NotFound("voice", voice_id)
+            if v.state != S.ALLOCATING.value:
+                raise FailedPrecondition(f"voice {voice_id} is {v.state}, not allocating")
+            req = (
+                await s.execute(
+                    select(AllocationRequestRow).where(
+                        AllocationRequestRow.voice_id == voice_id,
+                        AllocationRequestRow.state == "leased",
+                    )
+                )
+            ).scalar_one()
+            return in_flight_claim(req, v)

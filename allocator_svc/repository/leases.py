@@ -1,0 +1,411 @@
+"""Leases: the promise that a READY voice is not reclaimed while someone synthesizes with
+it. Granting one is the allocator's hot path (EnsureActiveVoice on a READY voice).
+
+There is one grant, built once from SQLAlchemy Core (``_Grant``): a request is granted iff
+its voice is READY and, for a user, theirs; granting touches ``last_used_at``, inserts the
+lease and its event, and counts the voice's active leases. Only how the requests come in
+and how the steps are sent differs by database: on PostgreSQL the requests are arrays
+(``unnest``) and the steps are data-modifying CTEs of one statement, which batches many
+callers (``_LeaseBatcher``); SQLite has no data-modifying CTEs, so the same steps run as
+separate statements inside its ``BEGIN IMMEDIATE`` transaction, one request at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import (
+    ColumnElement,
+    DateTime,
+    Integer,
+    String,
+    and_,
+    bindparam,
+    cast,
+    delete,
+    exists,
+    func,
+    insert,
+    literal,
+    select,
+    update,
+)
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from allocator_svc.domain.states import EventReason
+from allocator_svc.models import LeaseRow, VoiceRow
+from allocator_svc.records import Lease, ReadyOutcome
+from allocator_svc.repository._base import (
+    RepositoryBase,
+    S,
+    active_leases,
+    event,
+    insert_event_from,
+    naive_utc,
+    voice_from,
+)
+from voiceslot.db import UtcDateTime
+from voiceslot.errors import NotFound, bounded
+from voiceslot.ids import new_id
+
+
+@dataclass(frozen=True)
+class EnsureParams:
+    voice_id: str
+    owner: str | None
+    """None for admins: any voice."""
+    lease_ttl: timedelta
+    holder: str
+    priority: int
+    per_user_max_queued: int
+    mean_allocation_s: float
+
+
+@dataclass(frozen=True)
+class LeaseAsk:
+    """One caller's request for a lease, as the grant statement takes it."""
+
+    params: EnsureParams
+    now: datetime
+    lease_id: str
+
+    @property
+    def expires_at(self) -> datetime:
+        return self.now + self.params.lease_ttl
+
+    def outcome(self, m: Mapping[str, Any]) -> ReadyOutcome:
+        p = self.params
+        voice = voice_from(m, int(m["active"]))
+        return ReadyOutcome(voice, Lease(self.lease_id, p.voice_id, p.holder, self.expires_at))
+
+
+_REQ_COLUMNS = ("idx", "voice_id", "owner", "lease_id", "holder", "expires_at")
+_VOICE_COLUMNS = list(VoiceRow.__table__.c)
+
+
+def _owner_ok(asked: Any, actual: Any) -> ColumnElement[bool]:
+    """An admin (no owner) may lease any voice; a user only their own."""
+    return asked.is_(None) | (asked == actual)
+
+
+class _Grant:
+    """The grant, built once (building constructs per call cost more than the database
+    work); callers only bind parameters. Parameter names are prefixed ``b_``: one named
+    like a column of an UPDATE's table would be taken as one more SET."""
+
+    def __init__(self) -> None:
+        now = bindparam("b_now", type_=UtcDateTime())
+        # PostgreSQL: many requests as arrays, one statement.
+        pg_req = (
+            select(
+                func.unnest(
+                    cast(bindparam("b_idx"), ARRAY(Integer())),
+                    cast(bindparam("b_voice_ids"), ARRAY(String())),
+                    cast(bindparam("b_owners"), ARRAY(String())),
+                    cast(bindparam("b_lease_ids"), ARRAY(String())),
+                    cast(bindparam("b_holders"), ARRAY(String())),
+                    cast(bindparam("b_expires"), ARRAY(DateTime())),
+                )
+                .table_valued(*_REQ_COLUMNS)
+                .render_derived(name="r")
+            )
+        ).cte("req")
+        # Voices are locked in id order: two batches (or a batch and a reclaim, which
+        # locks in id order too) cannot deadlock.
+        locked = (
+            select(VoiceRow.id)
+            .where(
+                VoiceRow.state == S.READY.value,
+                exists().where(
+                    pg_req.c.voice_id == VoiceRow.id, _owner_ok(pg_req.c.owner, VoiceRow.owner)
+                ),
+            )
+            .order_by(VoiceRow.id)
+            .with_for_update(of=VoiceRow)
+            .cte("locked")
+        )
+        touched = (
+            update(VoiceRow)
+            .where(VoiceRow.id == locked.c.id)
+            .values(last_used_at=now)
+            .returning(*_VOICE_COLUMNS)
+            .cte("touched")
+        )
+        granted = self._granted(pg_req, touched).cte("granted")
+        # The statement's snapshot does not see the leases inserted beside it: add them.
+        in_batch = select(func.count()).where(granted.alias("g2").c.voice_id == touched.c.id)
+        self.pg = (
+            select(
+                granted.c.idx,
+                *[touched.c[c.name] for c in _VOICE_COLUMNS],
+                (active_leases(touched.c.id, now) + in_batch.scalar_subquery()).label("active"),
+            )
+            .join_from(granted, touched, touched.c.id == granted.c.voice_id)
+            .add_cte(self._insert_leases(granted, now).cte("new_leases"))
+            .add_cte(self._insert_events(granted, now).cte("new_events"))
+        )
+        # SQLite: one request as scalar parameters, the same steps one by one.
+        one_req = select(
+            *[
+                bindparam(f"b_{name}", type_=UtcDateTime() if name == "expires_at" else None).label(
+                    name
+                )
+                for name in _REQ_COLUMNS
+            ]
+        ).subquery("req")
+        self.touch = (
+            update(VoiceRow)
+            .where(
+                VoiceRow.id == bindparam("b_voice_id"),
+                VoiceRow.state == S.READY.value,
+                _owner_ok(bindparam("b_owner"), VoiceRow.owner),
+            )
+            .values(last_used_at=now)
+        )
+        voices = VoiceRow.__table__
+        granted_one = self._granted(one_req, voices).subquery("granted")
+        self.insert_lease = self._insert_leases(granted_one, now)
+        self.insert_event = self._insert_events(granted_one, now)
+        self.read = select(
+            literal(0).label("idx"),
+            *_VOICE_COLUMNS,
+            active_leases(VoiceRow.id, now).label("active"),
+        ).where(VoiceRow.id == bindparam("b_voice_id"))
+
+    @staticmethod
+    def _granted(req: Any, voices: Any) -> Any:
+        """The requests that are granted: the voice (touched, so READY) and, for a
+        user, theirs."""
+        return select(req, voices.c.owner.label("voice_owner")).join_from(
+            req,
+            voices,
+            and_(
+                voices.c.id == req.c.voice_id,
+                voices.c.state == S.READY.value,
+                _owner_ok(req.c.owner, voices.c.owner),
+            ),
+        )
+
+    @staticmethod
+    def _insert_leases(granted: Any, now: Any) -> Any:
+        return insert(LeaseRow).from_select(
+            ["id", "voice_id", "owner", "holder", "expires_at", "created_at"],
+            select(
+                granted.c.lease_id,
+                granted.c.voice_id,
+                granted.c.voice_owner,
+                granted.c.holder,
+                granted.c.expires_at,
+                now,
+            ),
+        )
+
+    @staticmethod
+    def _insert_events(granted: Any, now: Any) -> Any:
+        leased, none = literal(EventReason.LEASED.value), literal("")
+        return insert_event_from(granted.c.voice_id, leased, none, none, granted.c.holder, now)
+
+    async def run(self, conn: AsyncConnection, asks: Sequence[LeaseAsk]) -> list[Any]:
+        """Grant what can be granted; result rows carry ``idx`` (the ask's index), the
+        voice's columns and ``active`` (its active leases, the new one included)."""
+        now = max(a.now for a in asks)
+        if conn.dialect.name == "postgresql":
+            params = {
+                "b_idx": list(range(len(asks))),
+                "b_voice_ids": [a.params.voice_id for a in asks],
+                "b_owners": [a.params.owner for a in asks],
+                "b_lease_ids": [a.lease_id for a in asks],
+                "b_holders": [bounded(a.params.holder) for a in asks],
+                "b_expires": [naive_utc(a.expires_at) for a in asks],
+                "b_now": now,
+            }
+            return [row._mapping for row in await conn.execute(self.pg, params)]
+        (ask,) = asks  # SQLite has no batcher: one caller at a time
+        params = {
+            "b_idx": 0,
+            "b_voice_id": ask.params.voice_id,
+            "b_owner": ask.params.owner,
+            "b_lease_id": ask.lease_id,
+            "b_holder": bounded(ask.params.holder),
+            "b_expires_at": ask.expires_at,
+            "b_now": now,
+        }
+        if (await conn.execute(self.touch, params)).rowcount == 0:
+            return []
+        await conn.execute(self.insert_lease, params)
+        await conn.execute(self.insert_event, params)
+        return [row._mapping for row in await conn.execute(self.read, params)]
+
+
+GRANT = _Grant()
+
+
+class LeasesRepository(RepositoryBase):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._batcher = _LeaseBatcher(self._hot) if self._hot is not None else None
+
+    async def _lease_hot(self, p: EnsureParams, now: datetime) -> ReadyOutcome | None:
+        """Lease a READY voice without locking it first (None: not READY, or not theirs).
+        The touch is a fenced ``UPDATE … WHERE state = 'ready'``, so a concurrent reclaim
+        either sees the lease (it locks the row and counts leases after this commits) or
+        wins first, and then no lease is made."""
+        if self._batcher is not None:
+            return await self._batcher.lease(p, now)
+        async with self._engine.begin() as conn:
+            return await self._lease_ready(conn, p, now)
+
+    @staticmethod
+    async def _lease_ready(
+        conn: AsyncConnection, p: EnsureParams, now: datetime
+    ) -> ReadyOutcome | None:
+        ask = LeaseAsk(p, now, new_id("ls"))
+        rows = await GRANT.run(conn, [ask])
+        return ask.outcome(rows[0]) if rows else None
+
+    async def renew_lease(
+        self, lease_id: str, ttl: timedelta, now: datetime, *, owner: str | None
+    ) -> Lease:
+        async with self._sessions.begin() as s:
+            lease = await s.get(LeaseRow, lease_id, with_for_update=True)
+            if (
+                lease is None
+                or lease.expires_at <= now
+                or (owner is not None and lease.owner != owner)
+            ):
+                raise NotFound("lease", lease_id)
+            lease.expires_at = now + ttl
+            await s.execute(
+                update(VoiceRow).where(VoiceRow.id == lease.voice_id).values(last_used_at=now)
+            )
+            return Lease(lease.id, lease.voice_id, lease.holder, lease.expires_at)
+
+    async def release_lease(self, lease_id: str, now: datetime, *, owner: str | None) -> str | None:
+        """End a lease (unknown or already ended: nothing to do). Returns the provider of
+        its voice, whose dispatcher may now reclaim it for someone waiting."""
+        async with self._sessions.begin() as s:
+            lease = await s.get(LeaseRow, lease_id, with_for_update=True)
+            if lease is None or (owner is not None and lease.owner != owner):
+                return None
+            await s.delete(lease)
+            provider = (
+                await s.execute(
+                    update(VoiceRow)
+                    .where(VoiceRow.id == lease.voice_id)
+                    .values(last_used_at=now)
+                    .returning(VoiceRow.provider)
+                )
+            ).scalar_one_or_none()
+            event(s, lease.voice_id, EventReason.LEASE_RELEASED, now, message=lease.holder)
+            return provider
+
+    async def expire_leases(self, now: datetime) -> list[str]:
+        """Delete expired leases; ids of the voices that had some. ``DELETE … RETURNING``
+        so that replicas sweeping at once record each expiry once."""
+        async with self._sessions.begin() as s:
+            rows = (
+                await s.execute(
+                    delete(LeaseRow)
+                    .where(LeaseRow.expires_at <= now)
+                    .returning(LeaseRow.voice_id, LeaseRow.holder)
+                )
+            ).all()
+            for voice_id, holder in rows:
+                event(s, voice_id, EventReason.LEASE_EXPIRED, now, message=holder)
+            return sorted({voice_id for voice_id, _ in rows})
+
+    async def lease_holders(self, voice_ids: list[str], now: datetime) -> dict[str, str]:
+        """The holder of each voice's most recently taken active lease."""
+        if not voice_ids:
+            return {}
+        async with self._sessions() as s:
+            q = (
+                select(LeaseRow.voice_id, LeaseRow.holder)
+                .where(LeaseRow.voice_id.in_(voice_ids), LeaseRow.expires_at > now)
+                .order_by(LeaseRow.created_at)
+            )
+            return dict((await s.execute(q)).all())
+
+
+class _LeaseBatcher:
+    """Coalesces concurrent hot-path leases into one statement on PostgreSQL.
+
+    Every call to the database costs the same fixed overhead in this process (SQLAlchemy,
+    the driver, a socket write that wakes the server) whatever the statement does, and
+    under load that overhead, not the database, is what limits EnsureActiveVoice.
+    Callers queue here; up to ``max_inflight`` batches are in flight at once and each
+    takes everything queued so far (up to ``max_batch``). One caller alone still goes out
+    at once, in a batch of one; under load, batches grow by themselves.
+
+    The statement runs on an autocommit engine: it is its own transaction, atomic, one
+    round trip. That engine skips pre-ping, so a connection the server dropped fails on
+    use instead, and the batch is retried once on a fresh one (also once on a deadlock,
+    which the id-ordered locking should make impossible).
+    """
+
+    def __init__(self, engine: AsyncEngine, *, max_batch: int = 128, max_inflight: int = 4) -> None:
+        self._engine = engine
+        self._max_batch = max_batch
+        self._max_inflight = max_inflight
+        self._queue: list[tuple[LeaseAsk, asyncio.Future[ReadyOutcome | None]]] = []
+        self._inflight = 0
+        self._scheduled = False
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def lease(self, p: EnsureParams, now: datetime) -> ReadyOutcome | None:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[ReadyOutcome | None] = loop.create_future()
+        self._queue.append((LeaseAsk(p, now, new_id("ls")), future))
+        if not self._scheduled:
+            # Start on the next turn of the loop, so that callers arriving in this one
+            # share the batch.
+            self._scheduled = True
+            loop.call_soon(self._start)
+        return await future
+
+    def _start(self) -> None:
+        self._scheduled = False
+        while self._queue and self._inflight < self._max_inflight:
+            batch = self._queue[: self._max_batch]
+            del self._queue[: self._max_batch]
+            self._inflight += 1
+            task = asyncio.get_running_loop().create_task(self._flush(batch))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _flush(
+        self, batch: list[tuple[LeaseAsk, asyncio.Future[ReadyOutcome | None]]]
+    ) -> None:
+        try:
+            rows = await self._execute([ask for ask, _ in batch])
+        except Exception as exc:
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+        else:
+            granted = {int(m["idx"]): m for m in rows}
+            for i, (ask, future) in enumerate(batch):
+                if future.done():
+                    continue  # the caller went away; its lease simply expires
+                m = granted.get(i)
+                future.set_result(None if m is None else ask.outcome(m))
+        finally:
+            self._inflight -= 1
+            self._start()
+
+    async def _execute(self, asks: list[LeaseAsk]) -> list[Any]:
+        for attempt in (1, 2):
+            try:
+                async with self._engine.connect() as conn:
+                    return await GRANT.run(conn, asks)
+            except DBAPIError as exc:
+                deadlock = getattr(exc.orig, "sqlstate", None) == "40P01"
+                if attempt == 2 or not (exc.connection_invalidated or deadlock):
+                    raise
+        raise AssertionError("unreachable")

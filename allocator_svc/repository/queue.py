@@ -1,0 +1,215 @@
+"""The durable allocation queue, seen from the caller: EnsureActiveVoice's slow path,
+enqueue with per-user caps, the fair order in which the dispatcher serves requests, and
+where a request stands in it.
+
+A request is a row: ``queued`` → ``leased`` (claimed, with a token and an expiry) →
+``done``, or back to ``queued`` at a later ``run_at``, or ``dead`` (see ``claims``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from allocator_svc.domain.states import EventReason, VoiceState, needs_allocation
+from allocator_svc.models import (
+    AllocationRequestRow,
+    AllocationTurnRow,
+    ProviderRow,
+    VoiceRow,
+)
+from allocator_svc.records import (
+    Allocating,
+    EnsureOutcome,
+    Queued,
+)
+from allocator_svc.repository._base import HOLDING, S, record, transition
+from allocator_svc.repository.leases import EnsureParams, LeasesRepository
+from voiceslot.errors import QuotaExceeded, QuotaViolation
+
+
+def owner_lock_key(owner: str) -> int:
+    """A stable signed 64-bit advisory-lock key for a user (Python's ``hash`` is salted
+    per process; replicas must agree)."""
+    digest = hashlib.blake2b(f"voiceslot.allocator.owner:{owner}".encode(), digest_size=8)
+    return int.from_bytes(digest.digest(), "big", signed=True)
+
+
+def estimate_wait_s(position: int, capacity: int, mean_allocation_s: float) -> float:
+    """Rough wait for the ``position``-th request in line: slots turn over in waves of
+    ``capacity`` allocations, each taking about ``mean_allocation_s``."""
+    waves = (position + max(1, capacity) - 1) // max(1, capacity)
+    return waves * mean_allocation_s
+
+
+class QueueRepository(LeasesRepository):
+    async def ensure_active(self, p: EnsureParams, now: datetime) -> EnsureOutcome:
+        """Lease a READY voice, or enqueue its allocation, or say where it stands.
+
+        The hot path (a READY voice) is tried first, without locking the row beforehand
+        (see ``_lease_hot``). Only when that misses does the slow path lock the row and
+        decide.
+        """
+        ready = await self._lease_hot(p, now)
+        if ready is not None:
+            return ready
+        async with self._sessions.begin() as s:
+            row = await self._lock_voice(s, p.voice_id, p.owner)
+            state = VoiceState(row.state)
+            if state == S.READY:  # became ready since the first look; we hold the lock now
+                ready = await self._lease_ready(await s.connection(), p, now)
+                assert ready is not None
+                return ready
+            if needs_allocation(state):
+                await self._check_user_cap(s, row.owner, p.per_user_max_queued)
+                await self._enqueue(s, row, p.priority, now)
+                state = S.QUEUED
+            voice = record(row, 0)
+            if state == S.QUEUED:
+                position = await self._queue_position(s, row.id, row.provider)
+                capacity = (await s.get(ProviderRow, row.provider)).capacity
+                return Queued(
+                    voice, position, estimate_wait_s(position, capacity, p.mean_allocation_s)
+                )
+            # ALLOCATING, or RECLAIMING (it will be IDLE shortly and re-queued on the next call)
+            return Allocating(voice, p.mean_allocation_s)
+
+    async def _check_user_cap(self, s: AsyncSession, owner: str, cap: int) -> None:
+        """RESOURCE_EXHAUSTED (QuotaFailure) when ``owner`` already has ``cap`` requests
+        queued or in flight.
+
+        Count-then-insert is only exact if one owner's enqueues are serialized: SQLite's
+        ``BEGIN IMMEDIATE`` does that; on PostgreSQL a transaction-scoped advisory lock
+        keyed by the owner does (two of one user's voices enqueued at once would
+        otherwise both see cap - 1 and both pass).
+        """
+        if self._postgres:
+            await s.execute(select(func.pg_advisory_xact_lock(owner_lock_key(owner))))
+        q = select(func.count()).where(
+            AllocationRequestRow.owner == owner,
+            AllocationRequestRow.state.in_(("queued", "leased")),
+        )
+        if int((await s.execute(q)).scalar_one()) >= cap:
+            raise QuotaExceeded(
+                f"user {owner} has {cap} allocations queued or in flight",
+                violations=(
+                    QuotaViolation(
+                        f"user:{owner}", f"at most {cap} queued or in-flight allocations"
+                    ),
+                ),
+            )
+
+    async def _enqueue(self, s: AsyncSession, row: VoiceRow, priority: int, now: datetime) -> None:
+        # The key names the generation this request will clone: asking again for the same
+        # allocation (a retry of this call, another replica) hits the unique index.
+        s.add(
+            AllocationRequestRow(
+                voice_id=row.id,
+                owner=row.owner,
+                provider=row.provider,
+                priority=priority,
+                state="queued",
+                attempts=0,
+                run_at=now,
+                idempotency_key=f"{row.id}:{row.generation + 1}",
+                last_error="",
+                created_at=now,
+                updated_at=now,
+            )
+        )
+        transition(s, row, S.QUEUED, EventReason.ENQUEUED, now)
+        await s.flush()
+
+    async def _queue_position(self, s: AsyncSession, voice_id: str, provider: str) -> int:
+        mine = (
+            await s.execute(
+                select(AllocationRequestRow.id).where(
+                    AllocationRequestRow.voice_id == voice_id,
+                    AllocationRequestRow.state == "queued",
+                )
+            )
+        ).scalar_one_or_none()
+        if mine is None:
+            return 1
+        ahead = (
+            await s.execute(
+                select(func.count()).where(
+                    AllocationRequestRow.provider == provider,
+                    AllocationRequestRow.state == "queued",
+                    AllocationRequestRow.id < mine,
+                )
+            )
+        ).scalar_one()
+        return int(ahead) + 1
+
+    @staticmethod
+    async def _backlog(s: AsyncSession, provider: str, now: datetime) -> int:
+        """Requests at ``provider`` due now and waiting."""
+        q = select(func.count()).where(
+            AllocationRequestRow.provider == provider,
+            AllocationRequestRow.state == "queued",
+            AllocationRequestRow.run_at <= now,
+        )
+        return int((await s.execute(q)).scalar_one())
+
+    async def backlog(self, provider: str, now: datetime) -> int:
+        async with self._sessions() as s:
+            return await self._backlog(s, provider, now)
+
+    async def _fair_order(self, s: AsyncSession, provider: str, now: datetime, n: int) -> list[int]:
+        """The next ``n`` due requests at ``provider``, fairly across users.
+
+        Each request is keyed, smallest first, by
+
+        1. how many slots its user would hold here once it is served: slots held now +
+           its rank among the user's own due requests (ranked by priority, then age).
+           Users holding fewer slots go first, and every user's first request goes
+           before anyone's second (water-filling);
+        2. its rank: among equal keys, a user not yet served in this batch first;
+        3. the user's turn: who was served least recently at this provider (never: first).
+           Round robin among equals, so a user whose slots were all just reclaimed does
+           not beat users still waiting on the strength of older request ids;
+        4. the request's age.
+
+        One user's 500 queued voices therefore cannot delay ten others' one each: the ten
+        take the first slots freed.
+        """
+        r = AllocationRequestRow
+        rank = (
+            func.row_number()
+            .over(partition_by=r.owner, order_by=(r.priority.desc(), r.id))
+            .label("rank")
+        )
+        ranked = (
+            select(r.id, r.owner, rank)
+            .where(r.provider == provider, r.state == "queued", r.run_at <= now)
+            .subquery()
+        )
+        held = (
+            select(VoiceRow.owner, func.count().label("held"))
+            .where(VoiceRow.provider == provider, VoiceRow.state.in_(HOLDING))
+            .group_by(VoiceRow.owner)
+            .subquery()
+        )
+        turn = (
+            select(AllocationTurnRow.owner, AllocationTurnRow.last_claimed_at)
+            .where(AllocationTurnRow.provider == provider)
+            .subquery()
+        )
+        q = (
+            select(ranked.c.id)
+            .outerjoin(held, held.c.owner == ranked.c.owner)
+            .outerjoin(turn, turn.c.owner == ranked.c.owner)
+            .order_by(
+                func.coalesce(held.c.held, 0) + ranked.c.rank,
+                ranked.c.rank,
+                turn.c.last_claimed_at.is_not(None),  # never served: false sorts first
+                turn.c.last_claimed_at,
+                ranked.c.id,
+            )
+            .limit(n)
+        )
+        return list((await s.execute(q)).scalars().all())

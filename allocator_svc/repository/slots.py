@@ -1,0 +1,167 @@
+"""Slots: freeing them (reclaim: READY → RECLAIMING → IDLE once the remote copy is
+deleted) and checking them against the provider (reconciliation).
+
+A slot stays counted while the voice is RECLAIMING: the remote copy still occupies it
+at the provider until the delete is confirmed.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from allocator_svc.domain.reclaim import ProviderPressure, ReclaimPolicy, SlotCandidate
+from allocator_svc.domain.states import EventReason
+from allocator_svc.models import ProviderRow, VoiceRow
+from allocator_svc.records import ReclaimTarget, Voice
+from allocator_svc.repository._base import RepositoryBase, S, record, transition
+from voiceslot.errors import FailedPrecondition, bounded
+
+
+class SlotsRepository(RepositoryBase):
+    async def _pick_reclaims(
+        self, s: AsyncSession, prov: ProviderRow, waiting: int, now: datetime, policy: ReclaimPolicy
+    ) -> list[ReclaimTarget]:
+        rows = (
+            (
+                await s.execute(
+                    select(VoiceRow).where(
+                        VoiceRow.provider == prov.name, VoiceRow.state == S.READY.value
+                    )
+                )
+            )
+            .scalars()
+            .all()
+        )
+        leases = await self._lease_counts(s, [r.id for r in rows], now)
+        candidates = [
+            SlotCandidate(r.id, r.last_used_at, r.state_changed_at, r.pinned, leases.get(r.id, 0))
+            for r in rows
+        ]
+        pressure = ProviderPressure(
+            backlog=waiting, free_slots=0, add_edit_remaining=prov.add_edit_remaining
+        )
+        by_id = {r.id: r for r in rows}
+        targets = []
+        # Locked in id order, as the batched lease path locks voices: two transactions
+        # that each lock several voices in the same order cannot deadlock.
+        for voice_id in sorted(policy.choose(candidates, pressure, now=now)):
+            row = by_id[voice_id]
+            # The candidates were read without locks: re-check under the row's lock, as a
+            # lease taken since (it commits before our lock is granted) must win.
+            await s.refresh(row, with_for_update=True)
+            if (
+                row.state != S.READY.value
+                or not row.provider_voice_id
+                or row.pinned
+                or await self._active_leases(s, row.id, now)
+            ):
+                continue
+            transition(s, row, S.RECLAIMING, EventReason.RECLAIMED_FOR_BACKLOG, now)
+            targets.append(
+                ReclaimTarget(
+                    row.id, row.provider, row.provider_voice_id, EventReason.RECLAIMED_FOR_BACKLOG
+                )
+            )
+        return targets
+
+    async def begin_reclaim(
+        self, voice_id: str, reason: EventReason, now: datetime, *, force: bool
+    ) -> ReclaimTarget:
+        async with self._sessions.begin() as s:
+            row = await self._lock_voice(s, voice_id, None)
+            if row.state != S.READY.value or not row.provider_voice_id:
+                raise FailedPrecondition(f"voice {voice_id} is {row.state}, not ready")
+            leases = await self._active_leases(s, voice_id, now)
+            if not force and (leases or row.pinned):
+                why = "pinned" if row.pinned else f"leased ({leases} active)"
+                raise FailedPrecondition(f"voice {voice_id} is {why}; use force")
+            transition(s, row, S.RECLAIMING, reason, now)
+            return ReclaimTarget(row.id, row.provider, row.provider_voice_id, reason)
+
+    async def finish_reclaim(
+        self, target: ReclaimTarget, now: datetime, *, deleted: bool, error: str = ""
+    ) -> None:
+        """IDLE once the remote copy is gone; back to READY if deleting it failed."""
+        async with self._sessions.begin() as s:
+            row = await s.get(VoiceRow, target.voice_id, with_for_update=True)
+            if (
+                row is None
+                or row.state != S.RECLAIMING.value
+                or (row.provider_voice_id or "") != target.provider_voice_id
+            ):
+                return  # finished already (a stuck-reclaim sweep, a delete), or another copy
+            if deleted:
+                row.provider_voice_id = None
+                transition(s, row, S.IDLE, target.reason, now)
+            else:
+                row.last_error = bounded(error)
+                transition(s, row, S.READY, target.reason, now, message=f"reclaim failed: {error}")
+
+    async def stuck_reclaims(self, before: datetime, *, provider: str = "") -> list[ReclaimTarget]:
+        """Voices RECLAIMING since before ``before``: the replica deleting their remote copy
+        died or hung. Their slot stays counted until someone finishes the job."""
+        async with self._sessions() as s:
+            q = select(VoiceRow).where(
+                VoiceRow.state == S.RECLAIMING.value, VoiceRow.state_changed_at <= before
+            )
+            if provider:
+                q = q.where(VoiceRow.provider == provider)
+            return [
+                ReclaimTarget(r.id, r.provider, r.provider_voice_id or "", EventReason.STUCK_RESET)
+                for r in (await s.execute(q)).scalars().all()
+            ]
+
+    async def ready_voices(self, provider: str) -> list[Voice]:
+        async with self._sessions() as s:
+            q = select(VoiceRow).where(
+                VoiceRow.provider == provider, VoiceRow.state == S.READY.value
+            )
+            return [record(r) for r in (await s.execute(q)).scalars().all()]
+
+    async def known_labels(self, provider: str) -> set[tuple[str, int]]:
+        """(voice id, generation) of every voice at ``provider`` that may own a remote copy."""
+        async with self._sessions() as s:
+            q = select(VoiceRow.id, VoiceRow.generation).where(VoiceRow.provider == provider)
+            return set((await s.execute(q)).all())
+
+    async def mark_remote_missing(
+        self, voice_id: str, provider_voice_id: str, now: datetime
+    ) -> bool:
+        async with self._sessions.begin() as s:
+            row = await s.get(VoiceRow, voice_id, with_for_update=True)
+            if (
+                row is None
+                or row.state != S.READY.value
+                or row.provider_voice_id != provider_voice_id
+            ):
+                return False
+            row.provider_voice_id = None
+            transition(
+                s,
+                row,
+                S.IDLE,
+                EventReason.DRIFT_REMOTE_MISSING,
+                now,
+                message=f"{provider_voice_id} is gone at {row.provider}",
+            )
+            return True
+
+    async def idle_ready_voices(
+        self, provider: str, idle_since: datetime, now: datetime
+    ) -> list[str]:
+        async with self._sessions() as s:
+            q = select(VoiceRow.id).where(
+                VoiceRow.provider == provider,
+                VoiceRow.state == S.READY.value,
+                VoiceRow.pinned.is_(False),
+                func.coalesce(VoiceRow.last_used_at, VoiceRow.state_changed_at) <= idle_since,
+            )
+            q = q.order_by(
+                func.coalesce(VoiceRow.last_used_at, VoiceRow.state_changed_at), VoiceRow.id
+            )
+            ids = list((await s.execute(q)).scalars().all())
+            leased = await self._lease_counts(s, ids, now)
+            return [i for i in ids if not leased.get(i)]
