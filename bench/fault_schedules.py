@@ -1,0 +1,143 @@
+"""Fault schedules, many of them: the long mode of ``tests/simulation``.
+
+    python bench/fault_schedules.py --schedules 300          # hundreds, JSON summary
+    python bench/fault_schedules.py --topology postgres:r3:el2:ca3 --seed 17   # replay one
+
+Each schedule interleaves user traffic, admin operations and faults (at the provider
+emulator: hangs that succeed late, lost responses, errors after the work, 5xx, 429 with
+Retry-After, failing deletes, list lag; in the processes: SIGKILL of a replica then a
+restart, PostgreSQL connections terminated) and is checked against the invariants in
+``tests/simulation/invariants.py``. Schedules run in sessions of ``--per-cluster`` on one
+set of processes (every fifth session on SQLite, the others on PostgreSQL with 1..4
+replicas). A failing seed is printed with the command that replays it.
+
+Writes bench/results/fault_schedules.json: schedules, process kills, injections per fault
+kind, violations per invariant, and the failing seeds with their replay commands.
+``VOICESLOT_SIM_CODE=<dir>`` runs the replicas from another source tree (see
+``tests/simulation/cluster.py``). PostgreSQL: ``VOICESLOT_TEST_PG`` (default
+postgresql://postgres@127.0.0.1:5432).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import ROOT, write_result  # noqa: E402
+
+sys.path.insert(0, str(ROOT))
+
+from rich.console import Console  # noqa: E402
+from rich.progress import (  # noqa: E402
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,  # noqa: E402
+)
+
+from tests.simulation.runner import RunResult, run_session  # noqa: E402
+from tests.simulation.schedule import Topology, generate  # noqa: E402
+from tests.simulation.summary import Session, Summary, plan, replay_command  # noqa: E402
+
+PG_SERVER = os.environ.get("VOICESLOT_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--schedules", type=int, default=300)
+    parser.add_argument("--first-seed", type=int, default=1)
+    parser.add_argument("--per-cluster", type=int, default=10)
+    parser.add_argument("--seed", type=int, help="replay one schedule (with --topology)")
+    parser.add_argument("--topology", help="e.g. postgres:r3:el2:ca3 (printed with each failure)")
+    parser.add_argument("--repeat", type=int, default=1, help="play a replayed seed this often")
+    parser.add_argument("--show", action="store_true", help="print the schedule(s) first")
+    parser.add_argument("--out", default="fault_schedules", help="result name in bench/results")
+    return parser.parse_args(argv)
+
+
+def sessions_for(args: argparse.Namespace) -> list[Session]:
+    if args.seed is not None:
+        if not args.topology:
+            raise SystemExit("--seed needs --topology (both are printed with a failure)")
+        return [Session(Topology.parse(args.topology), (args.seed,) * args.repeat)]
+    if args.topology:
+        topology = Topology.parse(args.topology)
+        seeds = tuple(range(args.first_seed, args.first_seed + args.schedules))
+        return [Session(topology, seeds)]
+    return plan(args.schedules, first_seed=args.first_seed, per_cluster=args.per_cluster)
+
+
+async def main(args: argparse.Namespace) -> Summary:
+    console = Console(stderr=True)
+    sessions = sessions_for(args)
+    if args.show:
+        for session in sessions:
+            for seed in dict.fromkeys(session.seeds):
+                console.print(generate(seed, session.topology).describe(), markup=False)
+    summary = Summary()
+    total = sum(len(s.seeds) for s in sessions)
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[status]}"),
+    )
+    with (
+        Progress(*columns, console=console) as progress,
+        tempfile.TemporaryDirectory(prefix="fault-schedules-") as tmp,
+    ):
+        task = progress.add_task("schedules", total=total, status="")
+
+        def on_result(result: RunResult) -> None:
+            summary.add(result)
+            schedule = result.schedule
+            if result.violations:
+                progress.console.print(
+                    f"[red]seed {schedule.seed} on {schedule.topology}: "
+                    f"{len(result.violations)} violation(s)[/red]\n"
+                    + "\n".join(f"  {v}" for v in result.violations[:8])
+                    + f"\n  replay: {replay_command(schedule.seed, schedule.topology)}"
+                )
+            broken = sum(summary.violations.values())
+            progress.update(
+                task,
+                advance=1,
+                status=f"kills {summary.process_kills}, violations {broken}",
+            )
+
+        for index, session in enumerate(sessions):
+            progress.update(task, description=f"{session.topology}")
+            workdir = Path(tmp) / f"session{index}"
+            pg = PG_SERVER if session.topology.database == "postgres" else None
+            try:
+                await run_session(
+                    session.topology, list(session.seeds), workdir, pg, on_result=on_result
+                )
+            except Exception as exc:  # a harness failure: say so, keep the other sessions
+                progress.console.print(
+                    f"[red]session {session.topology} seeds {session.seeds[0]}..: "
+                    f"harness error {exc!r}[/red] (logs were in {workdir})"
+                )
+                summary.outcomes[f"harness error: {type(exc).__name__}"] += 1
+    return summary
+
+
+if __name__ == "__main__":
+    arguments = parse_args()
+    started = time.monotonic()
+    result = asyncio.run(main(arguments))
+    body = result.to_json() | {"wall_seconds": round(time.monotonic() - started, 1)}
+    if arguments.seed is None:
+        path = write_result(arguments.out, body)
+        print(f"wrote {path}")
+    print({k: body[k] for k in ("schedules", "process_kills", "injections", "violations")})
+    sys.exit(1 if result.failing else 0)
