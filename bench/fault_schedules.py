@@ -59,6 +59,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--topology", help="e.g. postgres:r3:el2:ca3 (printed with each failure)")
     parser.add_argument("--repeat", type=int, default=1, help="play a replayed seed this often")
     parser.add_argument("--show", action="store_true", help="print the schedule(s) first")
+    parser.add_argument(
+        "--evidence",
+        action="store_true",
+        help="print, for each voice in a violation, the provider's and the allocator's "
+        "history of it (always on when replaying one --seed)",
+    )
     parser.add_argument("--out", default="fault_schedules", help="result name in bench/results")
     return parser.parse_args(argv)
 
@@ -76,7 +82,7 @@ def sessions_for(args: argparse.Namespace) -> list[Session]:
 
 
 async def main(args: argparse.Namespace) -> Summary:
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)
     sessions = sessions_for(args)
     if args.show:
         for session in sessions:
@@ -102,11 +108,17 @@ async def main(args: argparse.Namespace) -> Summary:
             schedule = result.schedule
             if result.violations:
                 progress.console.print(
-                    f"[red]seed {schedule.seed} on {schedule.topology}: "
-                    f"{len(result.violations)} violation(s)[/red]\n"
+                    f"seed {schedule.seed} on {schedule.topology}: "
+                    f"{len(result.violations)} violation(s)\n"
                     + "\n".join(f"  {v}" for v in result.violations[:8])
-                    + f"\n  replay: {replay_command(schedule.seed, schedule.topology)}"
+                    + f"\n  replay: {replay_command(schedule.seed, schedule.topology)}",
+                    markup=False,
                 )
+                if args.evidence or args.seed is not None:
+                    for voice, lines in sorted(result.evidence.items()):
+                        progress.console.print(f"  history of {voice}:", markup=False)
+                        for line in lines:
+                            progress.console.print(f"    {line}", markup=False)
             broken = sum(summary.violations.values())
             progress.update(
                 task,

@@ -103,6 +103,9 @@ class RunResult:
     leftover_remote: int = 0
     """Remote voices the cleanup had to remove at the emulator itself."""
     elapsed_s: float = 0.0
+    evidence: dict[str, list[str]] = field(default_factory=dict)
+    """Per voice named in a violation: what the provider did to it and what the allocator
+    recorded (its voice events), on one timeline relative to the schedule's start."""
 
     def __repr__(self) -> str:  # short: pytest prints it beside every failure
         return (
@@ -177,6 +180,7 @@ class ScheduleRun:
         self.injections: Counter[str] = Counter()
         self.outcomes: Counter[str] = Counter()
         self.give_up_at = float("inf")
+        self.started_at = time.monotonic()
         self.restarts: list[asyncio.Task[None]] = []
         self.lag_resets: list[asyncio.Task[None]] = []
 
@@ -220,7 +224,7 @@ class ScheduleRun:
             )
         )
         next_voice = len(schedule.initial_voices)
-        start = time.monotonic()
+        start = self.started_at = time.monotonic()
         tasks: list[asyncio.Task[None]] = []
         for step in schedule.steps:
             await asyncio.sleep(max(0.0, start + step.at - time.monotonic()))
@@ -552,6 +556,41 @@ class ScheduleRun:
             remote_live=remote_live,
         )
 
+    async def evidence(self, voices: set[str]) -> dict[str, list[str]]:
+        """The provider's creates/deletes and the allocator's events of ``voices``."""
+        if not voices:
+            return {}
+        truth = await asyncio.to_thread(self.truth)
+        # The allocator's timestamps are wall-clock; the emulator's events carry both.
+        wall_start = time.time() - (time.monotonic() - self.started_at)
+        found: dict[str, list[tuple[float, str]]] = {v: [] for v in voices}
+        for e in truth["events"]:
+            if e["voice_id"] in found:
+                found[e["voice_id"]].append(
+                    (
+                        e["wall"] - wall_start,
+                        f"provider {e['kind']} {e['name']} ({e['remote_id']}), "
+                        f"{e['voice_live_after']} live after",
+                    )
+                )
+        for voice in voices:
+            with contextlib.suppress(grpc.aio.AioRpcError, TimeoutError):
+                answer = await self.clients.call(
+                    "ListVoiceEvents", apb.ListVoiceEventsRequest(voice_id=voice, page_size=200)
+                )
+                for ev in answer.events:
+                    reason = common_pb2.EventReason.Name(ev.reason).removeprefix("EVENT_REASON_")
+                    found[voice].append(
+                        (
+                            ev.occurred_at.seconds + ev.occurred_at.nanos / 1e9 - wall_start,
+                            f"allocator {reason} {state_name(ev.from_state)}->"
+                            f"{state_name(ev.to_state)} {ev.message}".rstrip(),
+                        )
+                    )
+        return {
+            v: [f"t{t:+7.2f}s {line}" for t, line in sorted(lines)] for v, lines in found.items()
+        }
+
     async def cleanup(self) -> int:
         """Leave nothing for the next schedule: delete every voice, reconcile, remove what
         the provider still holds, start a new truth window. Remote voices removed here."""
@@ -602,6 +641,7 @@ async def run_schedule(schedule: Schedule, cluster: Cluster) -> RunResult:
         await run.play()
         observations = await run.observe()
         violations = [*check(observations), *run.leased_missing]
+        evidence = await run.evidence({v.subject for v in violations if v.subject.startswith("v_")})
         leftover = await run.cleanup()
     finally:
         await clients.close()
@@ -613,6 +653,7 @@ async def run_schedule(schedule: Schedule, cluster: Cluster) -> RunResult:
         rpc_errors=clients.errors,
         leftover_remote=leftover,
         elapsed_s=time.monotonic() - started,
+        evidence=evidence,
     )
 
 
