@@ -86,6 +86,13 @@ _FAULTS = {
 T = TypeVar("T")
 
 
+def schedule_kind(fault: Fault) -> str:
+    """The schedule's name for an emulator fault (the inverse of ``_FAULTS``)."""
+    if fault.kind == FaultKind.SERVER_ERROR and fault.op == Op.DELETE:
+        return "delete_failed"
+    return next(k for k, v in _FAULTS.items() if v == fault.kind)
+
+
 def state_name(value: int) -> str:
     return _STATE_NAMES.get(value, str(value))
 
@@ -98,6 +105,9 @@ class RunResult:
     violations: list[Violation]
     injections: Counter[str] = field(default_factory=Counter)
     """Faults injected, by kind (kills count only when a live replica was killed)."""
+    hits: Counter[str] = field(default_factory=Counter)
+    """Faults that struck a request (an emulator fault no request matched before the
+    schedule ended is injected but not hit); kills, pg drops and list lag always hit."""
     outcomes: Counter[str] = field(default_factory=Counter)
     rpc_errors: Counter[str] = field(default_factory=Counter)
     leftover_remote: int = 0
@@ -178,6 +188,9 @@ class ScheduleRun:
         self.requests: list[RequestOutcome] = []
         self.leased_missing: list[Violation] = []
         self.injections: Counter[str] = Counter()
+        self.hits: Counter[str] = Counter()
+        self.shots: Counter[str] = Counter()
+        """Requests the scripted emulator faults may strike (a fault's ``times``)."""
         self.outcomes: Counter[str] = Counter()
         self.give_up_at = float("inf")
         self.started_at = time.monotonic()
@@ -299,6 +312,7 @@ class ScheduleRun:
                     )
                 )
                 self.injections[kind] += 1
+                self.shots[kind] += step.times
             case other:
                 raise ValueError(f"unknown step {other!r}")
 
@@ -356,7 +370,13 @@ class ScheduleRun:
         if not voice:
             self.outcomes["ensure skipped: voice not registered"] += 1
             return
-        outcome = await self._drive(name, voice, step)
+        try:
+            outcome = await self._drive(name, voice, step)
+        except (grpc.aio.AioRpcError, TimeoutError) as exc:
+            # Every retry of a read failed until its deadline: the request is lost to
+            # its user whatever the database says, so it is counted, not dropped.
+            what = exc.code().name if isinstance(exc, grpc.aio.AioRpcError) else str(exc)
+            outcome = RequestOutcome(name, voice, "lost", f"the API kept failing: {what}")
         self.requests.append(outcome)
         self.outcomes[f"request {outcome.outcome}"] += 1
 
@@ -478,6 +498,11 @@ class ScheduleRun:
     async def quiesce(self, tasks: list[asyncio.Task[None]]) -> None:
         """Faults off, every replica back, requests settled, maintenance until nothing is
         in flight (see the module docstring)."""
+        unhit = Counter(schedule_kind(f) for f in self.state.faults.pending for _ in range(f.times))
+        self.hits = Counter(
+            {k: n - unhit[k] for k, n in self.shots.items()}
+            | {k: n for k, n in self.injections.items() if k not in _FAULTS}
+        )
         self.state.faults.clear()
         for lag in self.lag_resets:
             lag.cancel()
@@ -649,6 +674,7 @@ async def run_schedule(schedule: Schedule, cluster: Cluster) -> RunResult:
         schedule=schedule,
         violations=violations,
         injections=run.injections,
+        hits=run.hits,
         outcomes=run.outcomes,
         rpc_errors=clients.errors,
         leftover_remote=leftover,

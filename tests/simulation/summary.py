@@ -51,6 +51,7 @@ class Summary:
     schedules: int = 0
     process_kills: int = 0
     injections: Counter[str] = field(default_factory=Counter)
+    hits: Counter[str] = field(default_factory=Counter)
     violations: Counter[str] = field(default_factory=Counter)
     outcomes: Counter[str] = field(default_factory=Counter)
     failing: list[dict[str, Any]] = field(default_factory=list)
@@ -61,6 +62,7 @@ class Summary:
         self.schedules += 1
         self.process_kills += result.injections.get("kill", 0)
         self.injections.update(result.injections)
+        self.hits.update(result.hits)
         self.violations.update(v.invariant for v in result.violations)
         self.outcomes.update(result.outcomes)
         self.leftover_remote += result.leftover_remote
@@ -81,6 +83,7 @@ class Summary:
             "schedules": self.schedules,
             "process_kills": self.process_kills,
             "injections": {kind: self.injections.get(kind, 0) for kind in FAULT_KINDS},
+            "faults_hit": {kind: self.hits.get(kind, 0) for kind in FAULT_KINDS},
             "violations": {name: self.violations.get(name, 0) for name in INVARIANTS},
             "failing_schedules": len(self.failing),
             "failing": self.failing,
