@@ -140,6 +140,10 @@ class AllocatorConfig(BaseModel):
     backoff_max_s: float = Field(default=300.0, gt=0)
     allocation_timeout_s: float = Field(default=300.0, gt=0)
     """An allocation in ALLOCATING longer than this is stuck and gets reset."""
+    clone_settle_s: float = Field(default=10.0, ge=0)
+    """After a clone whose answer never came (a timeout, a dropped connection) and whose
+    label the provider does not list yet, how long the allocation waits, holding its slot,
+    before looking again: a clone the provider finishes late is adopted, not cloned twice."""
     per_user_max_queued: int = Field(default=100, ge=1)
     """Queued plus in-flight allocations one user may have."""
     dispatch_interval_s: float = Field(default=0.5, gt=0)
@@ -191,6 +195,9 @@ class Settings(BaseSettings):
     """gRPC listen address (host:port; port 0 picks a free one)."""
     metrics_port: int | None = None
     """Serve Prometheus metrics on this port; None: off."""
+    workers: int = Field(default=1, ge=1, le=64)
+    """Server processes sharing the listen port (SO_REUSEPORT), so one replica uses all its
+    cores; more than one needs PostgreSQL. ``voiceslot serve --workers`` overrides it."""
     log_level: str = "INFO"
     log_format: Literal["json", "console"] = "json"
     shutdown_grace_s: float = Field(default=30.0, ge=0)

@@ -23,7 +23,6 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.types import TypeDecorator
 
-
 # Waiting for SQLite's write lock held by another process (a migration, a second server on
 # the same file by mistake): past this, fail rather than hang.
 SQLITE_BUSY_TIMEOUT_S = 10

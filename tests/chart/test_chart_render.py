@@ -410,3 +410,23 @@ def test_readiness_asks_about_the_component_service(render) -> None:
         assert c["readinessProbe"]["grpc"]["service"] == service
         assert c["startupProbe"]["grpc"]["service"] == service
         assert c["livenessProbe"]["grpc"]["service"] == ""
+
+
+def test_workers_per_pod_become_serve_arguments(render) -> None:
+    values = production_values()
+    values["allocator"]["workers"] = 4
+    values.setdefault("synthesizer", {})["workers"] = 2
+    objects = render(values)
+    allocator_args = container(one(objects, "Deployment", ALLOCATOR))["args"]
+    synth_args = container(one(objects, "Deployment", SYNTH))["args"]
+    assert allocator_args[:5] == ["serve", "--only", "allocator", "--workers", "4"]
+    assert synth_args[:5] == ["serve", "--only", "synth", "--workers", "2"]
+    # One process per pod by default: no flag at all.
+    default = render(None)
+    assert "--workers" not in container(one(default, "Deployment", ALLOCATOR))["args"]
+
+
+def test_workers_need_postgresql() -> None:
+    """SQLite serves one process: the schema refuses several workers on it."""
+    report = helm_python.lint(CHART_DIR, {"allocator": {"workers": 2}}, strict=True)
+    assert any("workers" in e for e in report["errors"]), report

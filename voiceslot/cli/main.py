@@ -102,14 +102,31 @@ def cli(
 @click.option(
     "--port-file", type=click.Path(path_type=Path), help="Write the bound port here once serving."
 )
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    help="Server processes sharing the port (SO_REUSEPORT; needs PostgreSQL). Default: workers.",
+)
+@click.option("--worker", "worker_index", type=int, hidden=True)  # set by the --workers parent
 @click.pass_obj
-def serve(obj: Ctx, only: tuple[str, ...], listen: str | None, port_file: Path | None) -> None:
+def serve(
+    obj: Ctx,
+    only: tuple[str, ...],
+    listen: str | None,
+    port_file: Path | None,
+    workers: int | None,
+    worker_index: int | None,
+) -> None:
     """Run the services until SIGTERM/SIGINT (in-flight calls finish first)."""
     from voiceslot.cli.runtime import SERVICES
     from voiceslot.cli.runtime import serve as run
     from voiceslot.rpc.server import install_stop_signals
 
+    only = only or SERVICES
     settings = obj.settings.model_copy(update={"listen": listen}) if listen else obj.settings
+    if worker_index is not None:
+        # The parent serves the workers' merged metrics; each worker only records them.
+        settings = settings.model_copy(update={"metrics_port": None})
     configure_logging(level=settings.log_level, fmt=settings.log_format)
 
     def ready(port: int) -> None:
@@ -117,14 +134,32 @@ def serve(obj: Ctx, only: tuple[str, ...], listen: str | None, port_file: Path |
             tmp = port_file.with_suffix(".tmp")
             tmp.write_text(str(port))
             tmp.replace(port_file)
+        if worker_index is not None:
+            return
         # On stdout, flushed: scripts and tests wait for this line (logs go to stderr).
-        click.echo(f"voiceslot serving {', '.join(only or SERVICES)} on port {port}")
+        count = workers or settings.workers
+        processes = f" ({count} worker processes)" if count > 1 else ""
+        click.echo(f"voiceslot serving {', '.join(only)} on port {port}{processes}")
         sys.stdout.flush()
+
+    count = workers or settings.workers
+    if count > 1 and worker_index is None:
+        from voiceslot.cli.workers import WorkersRefused, run_workers
+
+        try:
+            code = run_workers(
+                settings, count=count, only=only, on_ready=ready, log=err_console.print
+            )
+        except WorkersRefused as exc:
+            raise click.UsageError(str(exc)) from None
+        sys.exit(code)
 
     async def serve_until_stopped() -> None:
         stop = asyncio.Event()
         install_stop_signals(stop)
-        await run(settings, only=only or SERVICES, stop=stop, on_ready=ready)
+        await run(
+            settings, only=only, stop=stop, on_ready=ready, reuse_port=worker_index is not None
+        )
         # Shutdown has finished: calls drained, work committed or handed back. End the
         # process here, not through asyncio.run's clean-up (which waits without limit for
         # every leftover task to accept its cancellation) nor the interpreter's exit

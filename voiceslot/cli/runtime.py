@@ -2,13 +2,18 @@
 
 Both services share one gRPC server, one storage and one set of provider adapters (so
 the local engine's model pool exists once); the synthesizer reaches the allocator over
-gRPC on loopback exactly as it would across the cluster.
+gRPC exactly as it would across the cluster, through a Unix socket of this process's own:
+with ``serve --workers`` several processes share the TCP port, and the synthesizer's
+per-process key is known only to the allocator beside it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import shutil
+import tempfile
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 from allocator_svc.app import AllocatorApp, build_allocator
 from synth_svc.app import SynthApp, build_synth
@@ -29,8 +34,10 @@ SERVICES = ("allocator", "synth")
 class Runtime:
     """Started services; ``stop`` shuts them down in reverse order."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, reuse_port: bool = False) -> None:
         self.settings = settings
+        self.reuse_port = reuse_port
+        self._private_dir: Path | None = None
         self.allocator: AllocatorApp | None = None
         self.synth: SynthApp | None = None
         self.server: RunningServer | None = None
@@ -59,15 +66,23 @@ class Runtime:
         if "synth" in only:
             self.synth = await build_synth(settings, storage=storage, providers=self.providers)
             registrations.append(self.synth.registration)
+        private_target = None
+        if in_process:
+            self._private_dir = Path(tempfile.mkdtemp(prefix="voiceslot-"))
+            private_target = f"unix:{self._private_dir / 'grpc.sock'}"
         self.server = await start_server(
             listen=settings.listen,
             registrations=registrations,
             keys=keys,
             rate_per_second=settings.auth.rate_limit_per_second,
             burst=settings.auth.rate_limit_burst,
+            reuse_port=self.reuse_port,
+            private_listen=private_target,
         )
         if self.synth is not None:
-            self.synth.connect(f"127.0.0.1:{self.server.port}", internal_key=internal_key)
+            self.synth.connect(
+                private_target or f"127.0.0.1:{self.server.port}", internal_key=internal_key
+            )
         if settings.metrics_port:
             serve_metrics(settings.metrics_port)
         return self
@@ -89,6 +104,8 @@ class Runtime:
             )
         for name, provider in self.providers.items():
             await _bounded(f"provider {name}", provider.aclose(), 5)
+        if self._private_dir is not None:
+            shutil.rmtree(self._private_dir, ignore_errors=True)
 
 
 async def _bounded(step: str, work: Awaitable[None], timeout_s: float) -> None:
@@ -106,8 +123,9 @@ async def serve(
     only: tuple[str, ...] = SERVICES,
     stop: asyncio.Event,
     on_ready: Callable[[int], None] | None = None,
+    reuse_port: bool = False,
 ) -> None:
-    runtime = await Runtime(settings).start(only=only)
+    runtime = await Runtime(settings, reuse_port=reuse_port).start(only=only)
     try:
         if on_ready is not None:
             on_ready(runtime.port)

@@ -97,14 +97,20 @@ async def start_server(
     keys: KeyTable,
     rate_per_second: float,
     burst: int,
+    reuse_port: bool = False,
+    private_listen: str | None = None,
 ) -> RunningServer:
+    """Serve ``registrations`` on ``listen``. ``reuse_port``: several processes share the
+    port (``voiceslot serve --workers``); otherwise a second server on a taken port fails
+    instead of silently splitting the traffic. ``private_listen``: a second address (a
+    Unix socket) for calls from inside this process, which must reach this process."""
     interceptor = ServerInterceptor(keys=keys, rate_per_second=rate_per_second, burst=burst)
     server = grpc.aio.server(
         interceptors=[interceptor],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.so_reuseport", 0),
+            ("grpc.so_reuseport", 1 if reuse_port else 0),
         ],
     )
     health_servicer = HealthServicer()
@@ -124,6 +130,8 @@ async def start_server(
     port = server.add_insecure_port(listen)
     if port == 0:
         raise RuntimeError(f"cannot listen on {listen}")
+    if private_listen is not None and server.add_insecure_port(private_listen) == 0:
+        raise RuntimeError(f"cannot listen on {private_listen}")
     await server.start()
     for name in ["", *names]:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
