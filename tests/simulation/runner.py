@@ -581,24 +581,32 @@ class ScheduleRun:
             remote_live=remote_live,
         )
 
-    async def evidence(self, voices: set[str]) -> dict[str, list[str]]:
-        """The provider's creates/deletes and the allocator's events of ``voices``."""
-        if not voices:
+    async def evidence(self, violations: list[Violation]) -> dict[str, list[str]]:
+        """For each voice named in a violation, the provider's creates/deletes and the
+        allocator's events of it; for an account over capacity, its create/delete timeline
+        beside the schedule's faults, and the histories of the voices it held at the first
+        instant over. One timeline: seconds from the schedule's start."""
+        voices = {v.subject for v in violations if v.subject.startswith("v_")}
+        accounts = {v.subject for v in violations if v.invariant == "over_capacity"}
+        if not voices and not accounts:
             return {}
         truth = await asyncio.to_thread(self.truth)
         # The allocator's timestamps are wall-clock; the emulator's events carry both.
         wall_start = time.time() - (time.monotonic() - self.started_at)
-        found: dict[str, list[tuple[float, str]]] = {v: [] for v in voices}
-        for e in truth["events"]:
-            if e["voice_id"] in found:
-                found[e["voice_id"]].append(
-                    (
-                        e["wall"] - wall_start,
-                        f"provider {e['kind']} {e['name']} ({e['remote_id']}), "
-                        f"{e['voice_live_after']} live after",
-                    )
-                )
+        found: dict[str, list[tuple[float, str]]] = {}
+        for spec in self.schedule.providers:
+            if spec.name in accounts:
+                found[spec.name] = self._account_timeline(spec, truth["events"], wall_start, voices)
         for voice in voices:
+            found[voice] = [
+                (
+                    e["wall"] - wall_start,
+                    f"provider {e['kind']} {e['name']} ({e['remote_id']}), "
+                    f"{e['voice_live_after']} live after",
+                )
+                for e in truth["events"]
+                if e["voice_id"] == voice
+            ]
             with contextlib.suppress(grpc.aio.AioRpcError, TimeoutError):
                 answer = await self.clients.call(
                     "ListVoiceEvents", apb.ListVoiceEventsRequest(voice_id=voice, page_size=200)
@@ -615,6 +623,38 @@ class ScheduleRun:
         return {
             v: [f"t{t:+7.2f}s {line}" for t, line in sorted(lines)] for v, lines in found.items()
         }
+
+    def _account_timeline(
+        self, spec: Any, events: list[dict[str, Any]], wall_start: float, voices: set[str]
+    ) -> list[tuple[float, str]]:
+        """An account's creates/deletes with its live count, the schedule's faults beside
+        them; adds to ``voices`` the voices it held at its first instant over capacity."""
+        lines: list[tuple[float, str]] = [
+            (s.at, f"step {s.describe().split(' ', 1)[1]}")
+            for s in self.schedule.steps
+            if s.action not in ("ensure", "register", "pin")
+        ]
+        live: dict[str, str] = {}
+        over_seen = False
+        for e in events:
+            if (e["provider"], e["account"]) != (spec.kind, spec.api_key):
+                continue
+            if e["kind"] == "create":
+                live[e["remote_id"]] = e["voice_id"] or e["name"]
+            else:
+                live.pop(e["remote_id"], None)
+            over = e["account_live_after"] > spec.capacity
+            if over and not over_seen:
+                over_seen = True
+                voices.update(v for v in live.values() if v.startswith("v_"))
+            lines.append(
+                (
+                    e["wall"] - wall_start,
+                    f"provider {e['kind']} {e['name']}: {e['account_live_after']}/"
+                    f"{spec.capacity} live{'  <-- OVER' if over else ''}",
+                )
+            )
+        return lines
 
     async def cleanup(self) -> int:
         """Leave nothing for the next schedule: delete every voice, reconcile, remove what
@@ -666,7 +706,7 @@ async def run_schedule(schedule: Schedule, cluster: Cluster) -> RunResult:
         await run.play()
         observations = await run.observe()
         violations = [*check(observations), *run.leased_missing]
-        evidence = await run.evidence({v.subject for v in violations if v.subject.startswith("v_")})
+        evidence = await run.evidence(violations)
         leftover = await run.cleanup()
     finally:
         await clients.close()

@@ -75,6 +75,7 @@ class Summary:
                     "topology": str(schedule.topology),
                     "replay": replay_command(schedule.seed, schedule.topology),
                     "violations": [str(v) for v in result.violations],
+                    "evidence": {k: lines[:80] for k, lines in result.evidence.items()},
                 }
             )
 
