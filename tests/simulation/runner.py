@@ -666,6 +666,10 @@ class ScheduleRun:
                 await self.clients.call(
                     "DeleteVoice", apb.DeleteVoiceRequest(voice_id=voice, force=True)
                 )
+        # A clone already sent when its voice was deleted still lands (faults are off, so
+        # within the adapter's timeout); let it, so that the sweep below catches it rather
+        # than the next schedule's ledger.
+        await asyncio.sleep(self.schedule.adapter_timeout_s + 1.0)
         await self.maintenance(("reconcile",))
         leftover = 0
         for p in self.schedule.providers:
