@@ -46,7 +46,7 @@ def _as_domain_error(exc: grpc.aio.AioRpcError) -> errors.VoiceslotError:
     """Carry the allocator's answer to our caller with the same meaning."""
     code, message = exc.code(), exc.details() or ""
     if code == grpc.StatusCode.NOT_FOUND:
-        return errors.NotFound("voice", message)
+        return errors.NotFound("voice", "", message=message)
     if code == grpc.StatusCode.INVALID_ARGUMENT:
         status = rpc_status.from_call(exc)
         field = "voice_id"

@@ -88,6 +88,7 @@ class BatchJobs:
     ) -> Job:
         if not who.is_admin:
             raise PermissionDenied("creating batch jobs is admin only")
+        require_id("voice_id", voice_id, "v")
         key = validation.idempotency_key("idempotency_key", idempotency_key)
         if key and (existing := await self.jobs.find_by_idempotency_key(who.user, key)):
             return existing

@@ -23,6 +23,7 @@ from synth_svc.domain.formats import (
 from voiceslot import errors, telemetry
 from voiceslot.audio import StreamEncoder, encode, min_bytes_per_second, supported_rate
 from voiceslot.config import SynthConfig
+from voiceslot.ids import require_id
 from voiceslot.logs import get_logger
 from voiceslot.providers.base import PcmAudio, Provider, SynthesisRequest
 from voiceslot.text import split_sentences, validate_text
@@ -73,6 +74,7 @@ class Synthesizer:
     def prepare(self, request: SpeechRequest) -> list[str]:
         # Empty means the voice's own language (``_pcm``); anything else is checked with
         # the rule RegisterVoice uses before it reaches an engine or a provider's API.
+        require_id("voice_id", request.voice_id, "v")  # here, before a call to the allocator
         language_tag("language", request.language, default="")
         text = validate_text(request.text, max_chars=self.config.max_text_chars)
         return split_sentences(text, max_chars=SENTENCE_MAX_CHARS)

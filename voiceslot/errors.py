@@ -30,8 +30,10 @@ class InvalidArgument(VoiceslotError):
 class NotFound(VoiceslotError):
     """The thing does not exist, or the caller may not know that it does."""
 
-    def __init__(self, kind: str, ident: str) -> None:
-        super().__init__(f"{kind} {shown(ident)} not found")
+    def __init__(self, kind: str, ident: str, *, message: str | None = None) -> None:
+        """``message`` replaces the default text: for an answer relayed from another
+        service, which already says what was not found."""
+        super().__init__(message or f"{kind} {shown(ident)} not found")
         self.kind = kind
         self.ident = ident
 

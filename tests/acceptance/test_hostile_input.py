@@ -189,3 +189,14 @@ async def test_unary_synthesis_too_large_for_one_message_names_the_stream(channe
     assert field_violations(exc) == ["text"]
     assert "SynthesizeStream" in exc.details()
     assert_short(exc)
+
+
+async def test_an_unknown_voice_is_named_once(channel):
+    # The synthesizer relays the allocator's NOT_FOUND; it used to wrap the message in a
+    # second "voice ... not found".
+    synth = synthesizer_pb2_grpc.SynthesizerServiceStub(channel)
+    request = spb.SynthesizeRequest(voice_id=UNKNOWN_VOICE, text="Hello.")
+    exc = await expect(
+        grpc.StatusCode.NOT_FOUND, synth.Synthesize(request, metadata=auth(ALICE_KEY))
+    )
+    assert exc.details() == f"voice '{UNKNOWN_VOICE}' not found"
