@@ -115,6 +115,63 @@ async def closed_loop(
     )
 
 
+@dataclass
+class OpenLoopResult:
+    rate: float
+    """Arrivals per second asked for."""
+    achieved: float
+    """Calls completed per second."""
+    p50_ms: float
+    p99_ms: float
+    calls: int
+    late_starts: int
+    """Arrivals the generator itself started more than 1 ms late (its own overload)."""
+
+
+async def open_loop(
+    call: Callable[[int], Awaitable[Any]], *, rate: float, warmup_s: float, measure_s: float
+) -> OpenLoopResult:
+    """Calls arrive at a fixed ``rate`` whatever the server does (as a product's traffic
+    does), each timed from its scheduled arrival, so queueing behind a slow server shows
+    in the latency instead of slowing the arrivals (no coordinated omission)."""
+    interval = 1.0 / rate
+    latencies: list[float] = []
+    late = 0
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def one(i: int, due: float, measured: bool) -> None:
+        await call(i)
+        if measured:
+            latencies.append(time.perf_counter() - due)
+
+    start = time.perf_counter()
+    measure_from = start + warmup_s
+    end = measure_from + measure_s
+    i = 0
+    while (due := start + i * interval) < end:
+        now = time.perf_counter()
+        if due > now:
+            await asyncio.sleep(due - now)
+        elif now - due > 0.001 and due >= measure_from:
+            late += 1
+        task = asyncio.create_task(one(i, due, due >= measure_from))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+        i += 1
+    if tasks:
+        await asyncio.gather(*tasks)
+    latencies.sort()
+    n = len(latencies)
+    return OpenLoopResult(
+        rate=rate,
+        achieved=n / measure_s,
+        p50_ms=1000 * latencies[n // 2] if n else 0.0,
+        p99_ms=1000 * latencies[min(n - 1, int(n * 0.99))] if n else 0.0,
+        calls=n,
+        late_starts=late,
+    )
+
+
 def git_commit() -> str:
     try:
         return subprocess.run(
