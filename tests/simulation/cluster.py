@@ -116,16 +116,6 @@ def write_config(
     return path
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: SIGKILL it when the process that started it dies, so an
-    interrupted run leaves no replica behind (Linux prctl PR_SET_PDEATHSIG; elsewhere a
-    no-op)."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
-
-
 def replica_env() -> dict[str, str]:
     """The replicas' environment: ours, plus the source tree under test when one is named."""
     env = {**os.environ, "PYTHONFAULTHANDLER": "1"}
@@ -169,7 +159,8 @@ class Replica:
                 # ``python -m`` puts the working directory first on sys.path: run from
                 # the tree under test, or this checkout's code would be imported instead.
                 cwd=os.environ.get(CODE_DIR_ENV) or None,
-                preexec_fn=_die_with_parent,
+                # No preexec_fn (e.g. PR_SET_PDEATHSIG): it forces a plain fork(), and
+                # gRPC's fork handlers in the child then abort it (epoll_wait: EBADF).
             )
 
     def wait_ready(self, timeout_s: float = READY_TIMEOUT_S) -> None:
