@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -143,7 +144,14 @@ async def main(args: argparse.Namespace) -> Summary:
     return summary
 
 
+def interrupt(signum: int, frame: object) -> None:
+    """SIGTERM as Ctrl-C: the clusters' contexts then stop their replicas and drop their
+    databases instead of leaving them behind."""
+    raise KeyboardInterrupt
+
+
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, interrupt)
     arguments = parse_args()
     started = time.monotonic()
     result = asyncio.run(main(arguments))
