@@ -9,6 +9,7 @@ whose answer was lost is never cloned twice.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import random
 import signal
@@ -18,12 +19,12 @@ from datetime import timedelta
 
 from allocator_svc.domain.breaker import BreakerPolicy, BreakerState, ProviderOutcome
 from allocator_svc.domain.retry import RetryPolicy
-from allocator_svc.domain.states import VoiceState
-from allocator_svc.records import Claim, ReclaimTarget
+from allocator_svc.domain.states import LateCopy, VoiceState
+from allocator_svc.records import Claim, Deletion, ReclaimTarget
 from allocator_svc.repository import AllocatorRepository
 from voiceslot import telemetry
 from voiceslot.clock import Clock
-from voiceslot.errors import bounded
+from voiceslot.errors import PayloadTooLarge, bounded
 from voiceslot.logs import get_logger
 from voiceslot.providers.base import CloneRequest, Provider, RemoteVoice, remote_label
 from voiceslot.providers.errors import (
@@ -89,8 +90,17 @@ class Lifecycle:
         breaker: BreakerPolicy | None = None,
         bucket: TokenBucket | None = None,
         on_change: Callable[[], None] | None = None,
+        sample_max_bytes: int | None = None,
+        clone_settle_s: float = 0.0,
+        allocation_timeout: timedelta = timedelta(seconds=300),
     ) -> None:
+        """``sample_max_bytes``: a stored sample larger than this is not downloaded (the
+        upload cap). ``clone_settle_s``: see ``AllocatorConfig.clone_settle_s``.
+        ``allocation_timeout``: the dispatch lease renewed while waiting that long."""
         self.repo = repo
+        self.sample_max_bytes = sample_max_bytes
+        self.clone_settle_s = clone_settle_s
+        self.allocation_timeout = allocation_timeout
         self.providers = providers
         self.storage = storage
         self.clock = clock
@@ -113,20 +123,28 @@ class Lifecycle:
         label = self.label(claim)
         started = self.clock.now()
         adopted = False
+        cloning = False
         try:
             with telemetry.span("provider.find_by_label", provider=claim.provider, label=label):
                 remote = await provider.find_by_label(label)
             adopted = remote is not None
             if remote is None:
                 with telemetry.span("storage.get_sample", key=claim.sample_key):
-                    sample = await self.storage.get(claim.sample_key)
+                    sample = await self.storage.get(
+                        claim.sample_key, max_bytes=self.sample_max_bytes
+                    )
+                cloning = True
                 with telemetry.span("provider.clone", provider=claim.provider, label=label):
                     remote = await provider.clone(
                         CloneRequest(label=label, sample=sample, language=claim.language)
                     )
                 _test_only_kill_after_clone()
+        except PayloadTooLarge as exc:
+            # Uploads are capped, so only a sample stored some other way can get here;
+            # retrying cannot shrink it.
+            return await self._fail(claim, Fatal(f"sample {exc}"))
         except ProviderError as exc:
-            remote = await self._adopt_after_failure(provider, label, exc)
+            remote = await self._adopt_after_failure(claim, label, exc, cloning=cloning)
             adopted = remote is not None
             if remote is None:
                 await self.record(claim.provider, exc)
@@ -161,15 +179,34 @@ class Lifecycle:
                 )
 
     async def _adopt_after_failure(
-        self, provider: Provider, label: str, exc: ProviderError
+        self, claim: Claim, label: str, exc: ProviderError, *, cloning: bool
     ) -> RemoteVoice | None:
-        """After a failure whose outcome is unknown, the clone may have happened anyway."""
+        """After a failure whose outcome is unknown, the clone may have happened anyway:
+        look for it by its label. A clone that got no answer at all (a timeout, a
+        dropped connection) may still be running at the provider; if the label is not
+        there yet, wait ``clone_settle_s`` (holding the slot, the dispatch lease
+        renewed) and look once more, so that the retry does not clone a second copy."""
         if not isinstance(exc, Transient):
             return None
+        provider = self.providers[claim.provider]
         try:
+            remote = await provider.find_by_label(label)
+            if remote is not None or not self._may_land_late(exc, cloning=cloning):
+                return remote
+            now = self.clock.now()
+            until = now + timedelta(seconds=self.clone_settle_s) + self.allocation_timeout
+            if not await self.repo.extend_claim(claim, until, now):
+                return None  # fenced off meanwhile: whoever took over looks it up
+            log.info("clone answer lost; waiting for it to land", voice=claim.voice_id)
+            await asyncio.sleep(self.clone_settle_s)
             return await provider.find_by_label(label)
         except ProviderError:
             return None
+
+    def _may_land_late(self, exc: ProviderError, *, cloning: bool) -> bool:
+        """A clone request that got no HTTP answer may still complete at the provider (an
+        answered 5xx has a status code: the provider said what happened)."""
+        return cloning and exc.status_code is None and self.clone_settle_s > 0
 
     async def _complete(
         self, claim: Claim, remote: RemoteVoice, *, adopted: bool, started_s: float
@@ -190,12 +227,17 @@ class Lifecycle:
             )
             return AllocationOutcome(claim.voice_id, VoiceState.READY)
         # Fenced off: the voice was deleted or its allocation reset while we cloned. The
-        # remote copy belongs to nobody; remove it now rather than wait for reconciliation.
+        # copy is deleted only if nobody can own it: a reset may have adopted this very
+        # copy, or the voice's next allocation will find it by its label.
+        fate = await self.repo.late_copy_fate(claim, remote.provider_voice_id)
         log.warning(
-            "allocation fenced off; deleting the orphan",
+            "allocation fenced off",
             voice=claim.voice_id,
             remote=remote.provider_voice_id,
+            fate=fate.value,
         )
+        if fate == LateCopy.KEEP:
+            return AllocationOutcome(claim.voice_id, None)
         try:
             await self.providers[claim.provider].delete(remote.provider_voice_id)
         except ProviderError as exc:
@@ -243,3 +285,33 @@ class Lifecycle:
         if deleted:
             telemetry.RECLAIMS.labels(target.provider, target.reason.value).inc()
         return deleted
+
+    async def finish_delete(self, deletion: Deletion) -> bool:
+        """Delete a DELETING voice's remote copy, then its row. False: not now (the
+        provider failed, or an allocation of it may still be cloning); the tombstone
+        stays, holding the slot, and maintenance tries again."""
+        if deletion.dispatch_lease_live:
+            return False
+        provider = self.providers[deletion.provider]
+        remote_id = deletion.provider_voice_id
+        try:
+            if remote_id is None:  # deleted mid-clone: the copy, if any, has our label
+                label = remote_label(self.label_prefix, deletion.voice_id, deletion.generation)
+                found = await provider.find_by_label(label)
+                remote_id = found.provider_voice_id if found else None
+            if remote_id is not None:
+                with telemetry.span("provider.delete", provider=deletion.provider):
+                    await provider.delete(remote_id)
+        except VoiceNotFound:
+            pass
+        except ProviderError as exc:
+            await self.record(deletion.provider, exc)
+            log.warning(
+                "remote delete failed; the voice stays DELETING until it succeeds",
+                voice=deletion.voice_id,
+                error=str(exc),
+            )
+            return False
+        await self.repo.finish_delete(deletion.voice_id, self.clock.now())
+        self.on_change()
+        return True

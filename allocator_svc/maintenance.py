@@ -3,12 +3,15 @@ through the RunMaintenance admin RPC (which the operator drives).
 
 - expire leases: leases past their expiry end.
 - reset stuck: allocations whose dispatch lease expired (the dispatcher died or hung) are
-  adopted if the provider has the labelled voice, else put back in the queue; reclaims
-  left half done (RECLAIMING for longer than an allocation may take) are finished.
+  adopted if the provider has the labelled voice, else put back in the queue (never one
+  whose lease is live: its dispatcher may still complete it); reclaims left half done
+  (RECLAIMING for longer than an allocation may take) are finished; deletions left half
+  done (DELETING: the remote delete failed or its replica went away) are finished.
 - reconcile: remote voices carrying our label prefix that no row explains are deleted;
   READY voices whose remote copy vanished become IDLE.
 - reclaim idle: READY voices unused past the idle threshold are reclaimed, but only at
-  providers with requests waiting.
+  providers with requests waiting, through the same reclaim decision the dispatcher uses
+  (reclaims in flight count, the add/edit budget is respected).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from enum import StrEnum
 
+from allocator_svc.domain.reclaim import ReclaimPolicy
 from allocator_svc.domain.states import EventReason
 from allocator_svc.lifecycle import Lifecycle
 from allocator_svc.records import Claim
@@ -57,11 +61,17 @@ def parse_label(prefix: str, label: str | None) -> tuple[str, int] | None:
 
 class Maintenance:
     def __init__(
-        self, *, repo: AllocatorRepository, lifecycle: Lifecycle, config: AllocatorConfig
+        self,
+        *,
+        repo: AllocatorRepository,
+        lifecycle: Lifecycle,
+        config: AllocatorConfig,
+        reclaim_policy: ReclaimPolicy,
     ) -> None:
         self.repo = repo
         self.lifecycle = lifecycle
         self.config = config
+        self.reclaim_policy = reclaim_policy
 
     @property
     def clock(self):  # noqa: ANN201 - the lifecycle's clock
@@ -95,10 +105,14 @@ class Maintenance:
         reclaims = await self.repo.stuck_reclaims(
             now - timedelta(seconds=self.config.allocation_timeout_s), provider=provider
         )
-        result.examined = len(stuck) + len(reclaims)
+        deletions = await self.repo.deletions(now, provider=provider)
+        result.examined = len(stuck) + len(reclaims) + len(deletions)
         for claim in stuck:
             if await self.reset_one(claim):
                 result.changed.append(claim.voice_id)
+        for deletion in deletions:
+            if await self.lifecycle.finish_delete(deletion):
+                result.changed.append(deletion.voice_id)
         for target in reclaims:
             # Deleting again is safe: a copy already gone answers VoiceNotFound, which
             # counts as deleted; a failed delete leaves the voice READY with its slot.
@@ -107,7 +121,9 @@ class Maintenance:
         return result
 
     async def reset_one(self, claim: Claim) -> bool:
-        """Adopt the remote voice if the provider has it, else re-queue (or dead-letter)."""
+        """Adopt the remote voice if the provider has it, else re-queue (or dead-letter);
+        both fenced by the claim's token and its dispatch lease having expired, so a
+        dispatcher that renewed its lease meanwhile keeps its allocation."""
         provider = self.lifecycle.providers[claim.provider]
         label = self.lifecycle.label(claim)
         try:
@@ -118,7 +134,7 @@ class Maintenance:
         now = self.clock.now()
         if remote is not None:
             return await self.repo.complete_allocation(
-                claim, remote.provider_voice_id, now, adopted=True
+                claim, remote.provider_voice_id, now, adopted=True, lease_expired_by=now
             )
         retry_at = None if claim.attempts >= self.config.max_attempts else now
         state = await self.repo.fail_allocation(
@@ -127,11 +143,13 @@ class Maintenance:
             now,
             retry_at=retry_at,
             reason=EventReason.STUCK_RESET,
+            lease_expired_by=now,
         )
         return state is not None
 
     async def reset_voice(self, voice_id: str) -> None:
-        if not await self.reset_one(await self.repo.claim_for_voice(voice_id)):
+        claim = await self.repo.claim_for_voice(voice_id, self.clock.now())
+        if not await self.reset_one(claim):
             raise FailedPrecondition(f"voice {voice_id} could not be reset now; try again")
 
     async def reconcile(self, provider: str = "") -> TaskResult:
@@ -194,22 +212,12 @@ class Maintenance:
         result = TaskResult(Task.RECLAIM_IDLE)
         now = self.clock.now()
         idle_since = now - timedelta(seconds=self.config.idle_reclaim_after_s)
-        stats = {p.name: p for p in await self.repo.provider_stats(now)}
         for name in self._providers(provider):
-            backlog = await self.repo.backlog(name, now)
-            st = stats.get(name)
-            # Only what the free slots cannot serve: a slot freed for nobody costs a
-            # re-clone later for nothing.
-            wanted = backlog - (max(0, st.capacity - st.used) if st else 0)
-            candidates = await self.repo.idle_ready_voices(name, idle_since, now)
-            result.examined += len(candidates)
-            for voice_id in candidates[: max(0, wanted)]:
-                try:
-                    target = await self.repo.begin_reclaim(
-                        voice_id, EventReason.RECLAIMED_IDLE, now, force=False
-                    )
-                except FailedPrecondition:
-                    continue  # leased or used meanwhile
+            targets = await self.repo.reclaim_idle(
+                name, now, idle_since=idle_since, policy=self.reclaim_policy
+            )
+            result.examined += len(targets)
+            for target in targets:
                 if await self.lifecycle.reclaim(target):
-                    result.changed.append(voice_id)
+                    result.changed.append(target.voice_id)
         return result

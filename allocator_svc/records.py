@@ -109,3 +109,17 @@ class ProviderStats:
     oldest_queued_at: datetime | None
     breaker_state: str
     add_edit_remaining: int | None
+
+
+@dataclass(frozen=True)
+class Deletion:
+    """A deleted voice whose row stays (DELETING) until its remote copy is gone."""
+
+    voice_id: str
+    provider: str
+    provider_voice_id: str | None
+    """None when it was deleted mid-allocation: the copy, if any, is found by its label."""
+    generation: int
+    dispatch_lease_live: bool = False
+    """An allocation of it may still be cloning: wait, its late copy is deleted by the
+    dispatcher itself (see ``domain.states.late_copy_fate``)."""

@@ -34,7 +34,7 @@ from voiceslot.ids import new_id, require_id
 from voiceslot.logs import get_logger
 from voiceslot.pagination import decode_token, encode_token, page_size
 from voiceslot.providers.base import Provider
-from voiceslot.providers.errors import ProviderError, VoiceNotFound
+from voiceslot.providers.errors import ProviderError
 from voiceslot.storage.base import Storage
 from voiceslot.token_bucket import TokenBucket
 
@@ -116,15 +116,21 @@ class Allocator:
             breaker=breaker,
             bucket=bucket,
             on_change=self.changes.notify,
+            sample_max_bytes=config.sample_max_bytes,
+            clone_settle_s=config.clone_settle_s,
+            allocation_timeout=timedelta(seconds=config.allocation_timeout_s),
         )
+        policy = reclaim_policy or default_reclaim_policy(config)
         self.dispatcher = Dispatcher(
             repo=repo,
             lifecycle=self.lifecycle,
             config=config,
-            reclaim_policy=reclaim_policy or default_reclaim_policy(config),
+            reclaim_policy=policy,
             providers=list(providers),
         )
-        self.maintenance = Maintenance(repo=repo, lifecycle=self.lifecycle, config=config)
+        self.maintenance = Maintenance(
+            repo=repo, lifecycle=self.lifecycle, config=config, reclaim_policy=policy
+        )
         self._maintenance_task: asyncio.Task[None] | None = None
 
     # -- lifecycle of the service itself -----------------------------------------------------
@@ -255,23 +261,15 @@ class Allocator:
         return voices, next_token
 
     async def delete_voice(self, who: Principal, voice_id: str, *, force: bool) -> None:
+        """Delete a voice. One whose remote copy may exist stays DELETING (holding its
+        slot) until the copy is confirmed gone: now, or, if the provider fails, when
+        maintenance tries again."""
         require_id("voice_id", voice_id, "v")
-        voice, pending = await self.repo.begin_delete(
+        voice, deletion = await self.repo.begin_delete(
             voice_id, self.clock.now(), owner=who.owner_filter(), force=force
         )
-        if voice.provider_voice_id:
-            try:
-                await self.providers[voice.provider].delete(voice.provider_voice_id)
-            except VoiceNotFound:
-                pass
-            except ProviderError as exc:
-                log.warning(
-                    "remote delete failed; reconciliation will remove the orphan",
-                    voice=voice_id,
-                    error=str(exc),
-                )
-        if pending:
-            await self.repo.finish_delete(voice_id, self.clock.now())
+        if deletion is not None:
+            await self.lifecycle.finish_delete(deletion)
         await self.storage.delete(voice.sample_key)
         self.dispatcher.wake(voice.provider)
         await self._notify()

@@ -1,5 +1,11 @@
 """Which ready voices to evict when a provider is full and requests are waiting.
 
+There is one decision, whoever asks: the dispatcher when a claim round finds no free slot,
+and maintenance when it reclaims voices idle past a threshold (it only narrows the
+candidates to those idle voices). Both call the same policy with the same pressure, so
+both honour the same limits: how many evictions the waiting requests need *after* the
+free slots and the reclaims already in flight, and the provider's add/edit budget.
+
 A policy sees plain values (no rows, no clock calls) so a simulator can replay recorded
 traces against alternatives. The rules every policy keeps are applied first by
 ``eligible``: never a leased or pinned voice, never one that only just became ready
@@ -30,6 +36,19 @@ class ProviderPressure:
     free_slots: int
     add_edit_remaining: int | None
     """Clone operations left this period (ElevenLabs caps them monthly); None: no cap."""
+    reclaiming: int = 0
+    """Slots already being freed (reclaims in flight): each serves one waiting request,
+    so evicting another voice for that request would evict one too many."""
+
+
+def evictions_needed(pressure: ProviderPressure, *, add_edit_reserve: int = 0) -> int:
+    """How many more voices to evict: one per waiting request that neither a free slot
+    nor a reclaim in flight will serve, and no more than the add/edit budget (beyond a
+    reserve) can re-clone."""
+    wanted = pressure.backlog - pressure.free_slots - pressure.reclaiming
+    if pressure.add_edit_remaining is not None:
+        wanted = min(wanted, pressure.add_edit_remaining - add_edit_reserve)
+    return max(0, wanted)
 
 
 def eligible(c: SlotCandidate, *, now: datetime, min_residency: timedelta) -> bool:
@@ -60,9 +79,7 @@ class LeastRecentlyUsed:
     def choose(
         self, candidates: Sequence[SlotCandidate], pressure: ProviderPressure, *, now: datetime
     ) -> list[str]:
-        wanted = pressure.backlog - pressure.free_slots
-        if pressure.add_edit_remaining is not None:
-            wanted = min(wanted, pressure.add_edit_remaining - self.add_edit_reserve)
+        wanted = evictions_needed(pressure, add_edit_reserve=self.add_edit_reserve)
         if wanted <= 0:
             return []
         pool = [c for c in candidates if eligible(c, now=now, min_residency=self.min_residency)]

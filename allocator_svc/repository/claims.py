@@ -13,14 +13,21 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, exists, func, literal, select, update
+from sqlalchemy import bindparam, exists, func, literal, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from allocator_svc.domain.breaker import BreakerPolicy, BreakerState
 from allocator_svc.domain.reclaim import ReclaimPolicy
-from allocator_svc.domain.states import EventReason, VoiceState, check_transition
+from allocator_svc.domain.states import (
+    EventReason,
+    LateCopy,
+    VoiceSeen,
+    VoiceState,
+    check_transition,
+    late_copy_fate,
+)
 from allocator_svc.models import (
     AllocationRequestRow,
     AllocationTurnRow,
@@ -60,6 +67,11 @@ def in_flight_claim(req: AllocationRequestRow, voice: VoiceRow) -> Claim:
     )
 
 
+def lease_ran_out(req: AllocationRequestRow, by: datetime | None) -> bool:
+    """Whether a request's dispatch lease had expired by ``by`` (None: no fence)."""
+    return by is None or (req.lease_expires_at is not None and req.lease_expires_at <= by)
+
+
 class _Complete:
     """ALLOCATING → READY fenced by the claim's token, its event, and the request's
     completion, built once. On PostgreSQL the steps are CTEs of one statement (every
@@ -74,6 +86,17 @@ class _Complete:
                 VoiceRow.id == bindparam("b_voice_id"),
                 VoiceRow.state == S.ALLOCATING.value,
                 VoiceRow.allocation_token == bindparam("b_token"),
+                # A reset may adopt only once the dispatcher's lease ran out (b_fence);
+                # the dispatcher itself completes with no fence.
+                or_(
+                    bindparam("b_fence", type_=UtcDateTime()).is_(None),
+                    exists().where(
+                        AllocationRequestRow.id == bindparam("b_request_id"),
+                        AllocationRequestRow.lease_token == bindparam("b_token"),
+                        AllocationRequestRow.lease_expires_at
+                        <= bindparam("b_fence", type_=UtcDateTime()),
+                    ),
+                ),
             )
             .values(
                 state=S.READY.value,
@@ -188,8 +211,41 @@ class ClaimsRepository(QueueRepository, SlotsRepository):
             reclaims: list[ReclaimTarget] = []
             waiting = backlog - len(claims)
             if waiting > 0 and free - len(claims) <= 0 and state.state == BreakerState.CLOSED:
-                reclaims = await self._pick_reclaims(s, prov, waiting, now, reclaim_policy)
+                reclaims = await self._plan_reclaims(
+                    s,
+                    prov,
+                    now,
+                    reclaim_policy,
+                    EventReason.RECLAIMED_FOR_BACKLOG,
+                    waiting=waiting,
+                    free=max(0, free - len(claims)),
+                )
             return ClaimResult(claims, reclaims)
+
+    async def reclaim_idle(
+        self, provider: str, now: datetime, *, idle_since: datetime, policy: ReclaimPolicy
+    ) -> list[ReclaimTarget]:
+        """Voices unused since ``idle_since`` to reclaim for requests waiting at
+        ``provider``: the same decision as a claim round's (``_plan_reclaims``), under the
+        same lock, only with the idle voices as candidates."""
+        async with self._sessions.begin() as s:
+            prov = await s.get(ProviderRow, provider, with_for_update=True)
+            if prov is None or breaker_of(prov).state != BreakerState.CLOSED:
+                return []  # no clones may start: a slot freed now would serve nobody
+            waiting = await self._backlog(s, provider, now)
+            if waiting == 0:
+                return []
+            free = max(0, prov.capacity - await slots_used(s, provider))
+            return await self._plan_reclaims(
+                s,
+                prov,
+                now,
+                policy,
+                EventReason.RECLAIMED_IDLE,
+                waiting=waiting,
+                free=free,
+                idle_since=idle_since,
+            )
 
     async def _take_turns(
         self, s: AsyncSession, provider: str, owners: list[str], now: datetime
@@ -219,7 +275,9 @@ class ClaimsRepository(QueueRepository, SlotsRepository):
         req.lease_expires_at = now + allocation_timeout
         req.attempts += 1
         req.updated_at = now
-        voice.generation += 1
+        # The generation (and so the remote label) stays as it is: a clone of an earlier
+        # attempt may yet complete at the provider, and this attempt must find it by the
+        # same label. It moves on only once a remote copy is confirmed deleted.
         voice.allocation_token = token
         transition(
             s,
@@ -232,10 +290,18 @@ class ClaimsRepository(QueueRepository, SlotsRepository):
         return in_flight_claim(req, voice), req.owner
 
     async def complete_allocation(
-        self, claim: Claim, provider_voice_id: str, now: datetime, *, adopted: bool
+        self,
+        claim: Claim,
+        provider_voice_id: str,
+        now: datetime,
+        *,
+        adopted: bool,
+        lease_expired_by: datetime | None = None,
     ) -> bool:
-        """READY, fenced by the claim's token. False: the allocation was reset or the voice
-        deleted meanwhile, and the remote voice just made belongs to nobody."""
+        """READY, fenced by the claim's token (and, for a reset acting on someone else's
+        claim, by its dispatch lease having expired by ``lease_expired_by``). False: the
+        allocation was reset, the voice deleted, or its dispatcher still holds it; see
+        ``late_copy_fate`` for what becomes of the remote voice."""
         check_transition(S.ALLOCATING, S.READY)
         params = {
             "b_voice_id": claim.voice_id,
@@ -245,6 +311,7 @@ class ClaimsRepository(QueueRepository, SlotsRepository):
             "b_reason": (EventReason.ADOPTED if adopted else EventReason.CLONED).value,
             "b_request_id": claim.request_id,
             "b_now": now,
+            "b_fence": lease_expired_by,
         }
         if self._hot is not None:  # one statement, its own transaction
             async with self._hot.connect() as conn:
@@ -260,9 +327,11 @@ class ClaimsRepository(QueueRepository, SlotsRepository):
         *,
         retry_at: datetime | None,
         reason: EventReason = EventReason.ALLOCATION_RETRY,
+        lease_expired_by: datetime | None = None,
     ) -> VoiceState | None:
         """Back to the queue at ``retry_at`` (recorded with ``reason``), or dead-lettered when
-        it is None. Returns the voice's new state, or None if the claim was fenced off."""
+        it is None. Returns the voice's new state, or None if the claim was fenced off (by
+        its token, or with ``lease_expired_by`` by a dispatch lease still running)."""
         async with self._sessions.begin() as s:
             voice = await s.get(VoiceRow, claim.voice_id, with_for_update=True)
             req = await s.get(AllocationRequestRow, claim.request_id, with_for_update=True)
@@ -271,6 +340,7 @@ class ClaimsRepository(QueueRepository, SlotsRepository):
                 or req is None
                 or voice.state != S.ALLOCATING.value
                 or voice.allocation_token != claim.token
+                or not lease_ran_out(req, lease_expired_by)
             ):
                 return None
             voice.allocation_token = None
@@ -302,8 +372,10 @@ class ClaimsRepository(QueueRepository, SlotsRepository):
                 q = q.where(r.provider == provider)
             return [in_flight_claim(req, v) for req, v in (await s.execute(q)).all()]
 
-    async def claim_for_voice(self, voice_id: str) -> Claim:
-        """The in-flight allocation of a voice (for an admin's stuck reset)."""
+    async def claim_for_voice(self, voice_id: str, now: datetime) -> Claim:
+        """The in-flight allocation of a voice, for an admin's stuck reset: only once its
+        dispatch lease has expired (FAILED_PRECONDITION before), since until then its
+        dispatcher may still complete it, and a reset would race it for the remote copy."""
         async with self._sessions() as s:
             v = await s.get(VoiceRow, voice_id)
             if v is None:
@@ -318,4 +390,47 @@ class ClaimsRepository(QueueRepository, SlotsRepository):
                     )
                 )
             ).scalar_one()
+            if not lease_ran_out(req, now):
+                raise FailedPrecondition(
+                    f"voice {voice_id} is allocating under a live dispatch lease (until "
+                    f"{req.lease_expires_at.isoformat() if req.lease_expires_at else '?'}); "
+                    "it is stuck only once that lease has expired"
+                )
             return in_flight_claim(req, v)
+
+    async def extend_claim(self, claim: Claim, until: datetime, now: datetime) -> bool:
+        """Keep an allocation in flight until ``until`` (its dispatcher waits for a clone
+        whose answer was lost to show up). False: fenced off meanwhile."""
+        async with self._sessions.begin() as s:
+            result = await s.execute(
+                update(AllocationRequestRow)
+                .where(
+                    AllocationRequestRow.id == claim.request_id,
+                    AllocationRequestRow.state == "leased",
+                    AllocationRequestRow.lease_token == claim.token,
+                )
+                .values(lease_expires_at=until, updated_at=now)
+            )
+            return bool(result.rowcount)
+
+    async def late_copy_fate(self, claim: Claim, provider_voice_id: str) -> LateCopy:
+        """Whether a remote voice made under a claim that was fenced off may be deleted
+        (see ``domain.states.late_copy_fate``). Read under the voice's lock, so that
+        no claim or completion changes the answer meanwhile."""
+        async with self._sessions.begin() as s:
+            v = await s.get(VoiceRow, claim.voice_id, with_for_update=True)
+            if v is None:
+                return late_copy_fate(None, claim.generation, provider_voice_id)
+            # The claim is over: its request no longer keeps a dispatch lease (a deletion
+            # waiting for this allocation to end may go on).
+            await s.execute(
+                update(AllocationRequestRow)
+                .where(
+                    AllocationRequestRow.id == claim.request_id,
+                    AllocationRequestRow.state == "leased",
+                    AllocationRequestRow.lease_token == claim.token,
+                )
+                .values(state="dead", lease_token=None, lease_expires_at=None)
+            )
+            seen = VoiceSeen(VoiceState(v.state), v.generation, v.provider_voice_id)
+            return late_copy_fate(seen, claim.generation, provider_voice_id)

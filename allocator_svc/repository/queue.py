@@ -28,7 +28,7 @@ from allocator_svc.records import (
 )
 from allocator_svc.repository._base import HOLDING, S, record, transition
 from allocator_svc.repository.leases import EnsureParams, LeasesRepository
-from voiceslot.errors import QuotaExceeded, QuotaViolation
+from voiceslot.errors import FailedPrecondition, QuotaExceeded, QuotaViolation
 
 
 def owner_lock_key(owner: str) -> int:
@@ -59,6 +59,8 @@ class QueueRepository(LeasesRepository):
         async with self._sessions.begin() as s:
             row = await self._lock_voice(s, p.voice_id, p.owner)
             state = VoiceState(row.state)
+            if state == S.DELETING:
+                raise FailedPrecondition(f"voice {row.id} is being deleted")
             if state == S.READY:  # became ready since the first look; we hold the lock now
                 ready = await self._lease_ready(await s.connection(), p, now)
                 assert ready is not None
@@ -103,8 +105,12 @@ class QueueRepository(LeasesRepository):
             )
 
     async def _enqueue(self, s: AsyncSession, row: VoiceRow, priority: int, now: datetime) -> None:
-        # The key names the generation this request will clone: asking again for the same
-        # allocation (a retry of this call, another replica) hits the unique index.
+        # The key counts the voice's requests (under its row lock, so exactly): asking
+        # again for the same allocation (a retry of this call, another replica) hits the
+        # unique index. Not the generation: that stays put across attempts (see claims).
+        n = (
+            await s.execute(select(func.count()).where(AllocationRequestRow.voice_id == row.id))
+        ).scalar_one()
         s.add(
             AllocationRequestRow(
                 voice_id=row.id,
@@ -114,7 +120,7 @@ class QueueRepository(LeasesRepository):
                 state="queued",
                 attempts=0,
                 run_at=now,
-                idempotency_key=f"{row.id}:{row.generation + 1}",
+                idempotency_key=f"{row.id}:q{int(n) + 1}",
                 last_error="",
                 created_at=now,
                 updated_at=now,

@@ -8,6 +8,7 @@ at the provider until the delete is confirmed.
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -20,28 +21,49 @@ from allocator_svc.repository._base import RepositoryBase, S, record, transition
 from voiceslot.errors import FailedPrecondition, bounded
 
 
+def last_used(v: type[VoiceRow]) -> Any:
+    """When a voice was last used: its last lease, else when it became what it is."""
+    return func.coalesce(v.last_used_at, v.state_changed_at)
+
+
 class SlotsRepository(RepositoryBase):
-    async def _pick_reclaims(
-        self, s: AsyncSession, prov: ProviderRow, waiting: int, now: datetime, policy: ReclaimPolicy
+    async def _plan_reclaims(
+        self,
+        s: AsyncSession,
+        prov: ProviderRow,
+        now: datetime,
+        policy: ReclaimPolicy,
+        reason: EventReason,
+        *,
+        waiting: int,
+        free: int,
+        idle_since: datetime | None = None,
     ) -> list[ReclaimTarget]:
-        rows = (
-            (
-                await s.execute(
-                    select(VoiceRow).where(
-                        VoiceRow.provider == prov.name, VoiceRow.state == S.READY.value
-                    )
+        """The one reclaim decision (backlog and idle alike), made under the provider
+        row's lock so that two deciders cannot both evict for the same waiting request:
+        pick victims with ``policy`` among the READY voices (only those unused since
+        ``idle_since``, when given) and move them to RECLAIMING with ``reason``."""
+        q = select(VoiceRow).where(VoiceRow.provider == prov.name, VoiceRow.state == S.READY.value)
+        if idle_since is not None:
+            q = q.where(last_used(VoiceRow) <= idle_since)
+        rows = (await s.execute(q)).scalars().all()
+        reclaiming = (
+            await s.execute(
+                select(func.count()).where(
+                    VoiceRow.provider == prov.name, VoiceRow.state == S.RECLAIMING.value
                 )
             )
-            .scalars()
-            .all()
-        )
+        ).scalar_one()
         leases = await self._lease_counts(s, [r.id for r in rows], now)
         candidates = [
             SlotCandidate(r.id, r.last_used_at, r.state_changed_at, r.pinned, leases.get(r.id, 0))
             for r in rows
         ]
         pressure = ProviderPressure(
-            backlog=waiting, free_slots=0, add_edit_remaining=prov.add_edit_remaining
+            backlog=waiting,
+            free_slots=free,
+            add_edit_remaining=prov.add_edit_remaining,
+            reclaiming=int(reclaiming),
         )
         by_id = {r.id: r for r in rows}
         targets = []
@@ -59,12 +81,8 @@ class SlotsRepository(RepositoryBase):
                 or await self._active_leases(s, row.id, now)
             ):
                 continue
-            transition(s, row, S.RECLAIMING, EventReason.RECLAIMED_FOR_BACKLOG, now)
-            targets.append(
-                ReclaimTarget(
-                    row.id, row.provider, row.provider_voice_id, EventReason.RECLAIMED_FOR_BACKLOG
-                )
-            )
+            transition(s, row, S.RECLAIMING, reason, now)
+            targets.append(ReclaimTarget(row.id, row.provider, row.provider_voice_id, reason))
         return targets
 
     async def begin_reclaim(
@@ -94,7 +112,10 @@ class SlotsRepository(RepositoryBase):
             ):
                 return  # finished already (a stuck-reclaim sweep, a delete), or another copy
             if deleted:
+                # Confirmed gone: only now may the voice's label move on, so that no
+                # look-up of the old label can meet a copy of the new one.
                 row.provider_voice_id = None
+                row.generation += 1
                 transition(s, row, S.IDLE, target.reason, now)
             else:
                 row.last_error = bounded(error)
@@ -138,7 +159,10 @@ class SlotsRepository(RepositoryBase):
                 or row.provider_voice_id != provider_voice_id
             ):
                 return False
+            # The provider's listing says the copy is gone: as after a confirmed delete,
+            # the next copy gets a label of its own.
             row.provider_voice_id = None
+            row.generation += 1
             transition(
                 s,
                 row,
@@ -148,20 +172,3 @@ class SlotsRepository(RepositoryBase):
                 message=f"{provider_voice_id} is gone at {row.provider}",
             )
             return True
-
-    async def idle_ready_voices(
-        self, provider: str, idle_since: datetime, now: datetime
-    ) -> list[str]:
-        async with self._sessions() as s:
-            q = select(VoiceRow.id).where(
-                VoiceRow.provider == provider,
-                VoiceRow.state == S.READY.value,
-                VoiceRow.pinned.is_(False),
-                func.coalesce(VoiceRow.last_used_at, VoiceRow.state_changed_at) <= idle_since,
-            )
-            q = q.order_by(
-                func.coalesce(VoiceRow.last_used_at, VoiceRow.state_changed_at), VoiceRow.id
-            )
-            ids = list((await s.execute(q)).scalars().all())
-            leased = await self._lease_counts(s, ids, now)
-            return [i for i in ids if not leased.get(i)]

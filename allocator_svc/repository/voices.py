@@ -10,12 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from allocator_svc.domain.states import EventReason, VoiceState
-from allocator_svc.models import VoiceEventRow, VoiceRow
-from allocator_svc.records import Event, Voice
+from allocator_svc.models import AllocationRequestRow, VoiceEventRow, VoiceRow
+from allocator_svc.records import Deletion, Event, Voice
 from allocator_svc.repository._base import HOLDING, RepositoryBase, S, event, record, transition
 from voiceslot.errors import FailedPrecondition, NotFound
 
@@ -118,16 +119,16 @@ class VoicesRepository(RepositoryBase):
 
     async def begin_delete(
         self, voice_id: str, now: datetime, *, owner: str | None, force: bool
-    ) -> tuple[Voice, bool]:
-        """Start deleting a voice; returns (voice, pending).
+    ) -> tuple[Voice, Deletion | None]:
+        """Start deleting a voice; returns (voice, the deletion still to finish).
 
-        A READY voice still holds its remote copy: its row stays, RECLAIMING, so the slot
-        stays counted until the caller has deleted the remote copy and calls
-        ``finish_delete`` (pending True). Removing the row first would let a dispatcher
-        clone into the slot while the old copy still occupies it at the provider. Any
-        other voice's row is removed at once (events stay); if it had a remote copy
-        (forced delete mid-allocation or mid-reclaim), reconciliation finds the orphan by
-        its label.
+        A voice whose remote copy may exist (READY; forced: RECLAIMING or ALLOCATING)
+        becomes DELETING, a tombstone that keeps its slot counted: the caller deletes the
+        remote copy and calls ``finish_delete``; if that fails, maintenance finishes it
+        (``deletions``). Removing the row first would let a dispatcher clone into the
+        slot while the old copy still occupies it, and would leave the copy to nobody.
+        Any other voice's row is removed at once (events stay). Deleting a DELETING
+        voice again retries the remote delete.
         """
         async with self._sessions.begin() as s:
             row = await self._lock_voice(s, voice_id, owner)
@@ -140,22 +141,45 @@ class VoicesRepository(RepositoryBase):
                     f"voice {voice_id} is {state.value}; retry shortly or use force"
                 )
             voice = record(row, leases)
-            if state == S.READY and row.provider_voice_id:
-                transition(s, row, S.RECLAIMING, EventReason.DELETED, now, message="deleting")
-                return voice, True
+            if state in (S.READY, S.RECLAIMING, S.ALLOCATING):
+                # A forced delete mid-clone fences the dispatcher off (its token goes).
+                row.allocation_token = None
+                transition(s, row, S.DELETING, EventReason.DELETED, now, message="deleting")
+            if state in (S.READY, S.RECLAIMING, S.ALLOCATING, S.DELETING):
+                return voice, await self._deletion(s, row, now)
             await s.delete(row)
             event(s, voice_id, EventReason.DELETED, now, before=state)
-            return voice, False
+            return voice, None
+
+    @staticmethod
+    async def _deletion(s: AsyncSession, row: VoiceRow, now: datetime) -> Deletion:
+        live = (
+            await s.execute(
+                select(func.count()).where(
+                    AllocationRequestRow.voice_id == row.id,
+                    AllocationRequestRow.state == "leased",
+                    AllocationRequestRow.lease_expires_at > now,
+                )
+            )
+        ).scalar_one()
+        return Deletion(row.id, row.provider, row.provider_voice_id, row.generation, bool(live))
 
     async def finish_delete(self, voice_id: str, now: datetime) -> None:
-        """Remove the row of a voice whose deletion ``begin_delete`` started."""
+        """Remove the row of a DELETING voice once its remote copy is confirmed gone."""
         async with self._sessions.begin() as s:
             row = await s.get(VoiceRow, voice_id, with_for_update=True)
-            if row is None:
+            if row is None or row.state != S.DELETING.value:
                 return
-            state = VoiceState(row.state)
             await s.delete(row)
-            event(s, voice_id, EventReason.DELETED, now, before=state)
+            event(s, voice_id, EventReason.DELETED, now, before=S.DELETING)
+
+    async def deletions(self, now: datetime, *, provider: str = "") -> list[Deletion]:
+        """Deletions left unfinished (a failed remote delete, a replica gone mid-way)."""
+        async with self._sessions() as s:
+            q = select(VoiceRow).where(VoiceRow.state == S.DELETING.value)
+            if provider:
+                q = q.where(VoiceRow.provider == provider)
+            return [await self._deletion(s, r, now) for r in (await s.execute(q)).scalars()]
 
     async def set_pinned(self, voice_id: str, pinned: bool, now: datetime) -> Voice:
         async with self._sessions.begin() as s:

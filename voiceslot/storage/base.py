@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol, runtime_checkable
 
-from voiceslot.errors import InvalidArgument
+from voiceslot.errors import InvalidArgument, PayloadTooLarge
 
 # Keys are slash-separated segments of safe characters; no segment may be empty, "." or
 # "..", so a key can never climb out of its root or name an absolute path.
@@ -39,8 +39,10 @@ class Storage(Protocol):
         """Write ``data`` atomically: readers see the old object or the new, never half."""
         ...
 
-    async def get(self, key: str) -> bytes:
-        """Raises ``voiceslot.errors.NotFound`` for a missing key."""
+    async def get(self, key: str, *, max_bytes: int | None = None) -> bytes:
+        """Raises ``voiceslot.errors.NotFound`` for a missing key. With ``max_bytes``, an
+        object larger than that raises ``PayloadTooLarge`` after reading at most
+        ``max_bytes + 1`` bytes: a download is bounded like an upload."""
         ...
 
     def stream(self, key: str, *, chunk_size: int = 256 * 1024) -> AsyncIterator[bytes]: ...
@@ -56,3 +58,11 @@ class Storage(Protocol):
     async def download_url(self, key: str, *, ttl_s: int) -> str | None:
         """A time-limited URL for the object, or None where the backend has none."""
         ...
+
+
+def within_limit(key: str, data: bytes, max_bytes: int | None) -> bytes:
+    """``data`` (read with a limit of ``max_bytes + 1``), or ``PayloadTooLarge`` if the
+    object was larger than ``max_bytes``."""
+    if max_bytes is not None and len(data) > max_bytes:
+        raise PayloadTooLarge(f"object {key}", max_bytes)
+    return data

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from voiceslot.errors import InvalidArgument, NotFound
-from voiceslot.storage.base import StoredObject, validate_key
+from voiceslot.storage.base import StoredObject, validate_key, within_limit
 
 
 class LocalStorage:
@@ -64,12 +64,15 @@ class LocalStorage:
     async def put(self, key: str, data: bytes) -> StoredObject:
         return await asyncio.to_thread(self._put_sync, key, data)
 
-    async def get(self, key: str) -> bytes:
+    async def get(self, key: str, *, max_bytes: int | None = None) -> bytes:
         path = self._file_of(key)
         try:
-            return await asyncio.to_thread(path.read_bytes)
+            data = await asyncio.to_thread(
+                _read, path, None if max_bytes is None else max_bytes + 1
+            )
         except FileNotFoundError:  # deleted between the check and the read
             raise NotFound("object", key) from None
+        return within_limit(key, data, max_bytes)
 
     async def stream(self, key: str, *, chunk_size: int = 256 * 1024) -> AsyncIterator[bytes]:
         path = self._file_of(key)
@@ -114,3 +117,9 @@ class LocalStorage:
     async def download_url(self, key: str, *, ttl_s: int) -> str | None:
         validate_key(key)
         return None
+
+
+def _read(path: Path, limit: int | None) -> bytes:
+    """The file's bytes, at most ``limit`` of them."""
+    with open(path, "rb") as f:
+        return f.read() if limit is None else f.read(limit)

@@ -21,7 +21,7 @@ from botocore.exceptions import ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from voiceslot.errors import InvalidArgument, NotFound, Unavailable
-from voiceslot.storage.base import StoredObject, validate_key
+from voiceslot.storage.base import StoredObject, validate_key, within_limit
 
 _MISSING_CODES = frozenset({"404", "NoSuchKey", "NotFound"})
 _TRANSIENT_CODES = frozenset(
@@ -70,11 +70,14 @@ class S3Storage:
         head = await _call(key, self._client.head_object, Bucket=self.bucket, Key=full)
         return StoredObject(key, head["ContentLength"], _utc(head["LastModified"]))
 
-    async def get(self, key: str) -> bytes:
+    async def get(self, key: str, *, max_bytes: int | None = None) -> bytes:
         full = self._full_key(key)
         response = await _call(key, self._client.get_object, Bucket=self.bucket, Key=full)
         with response["Body"] as body:
-            return await _call(key, body.read)
+            if max_bytes is None:
+                return await _call(key, body.read)
+            # Read one byte past the cap: enough to know it is over, never the whole.
+            return within_limit(key, await _call(key, body.read, max_bytes + 1), max_bytes)
 
     async def stream(self, key: str, *, chunk_size: int = 256 * 1024) -> AsyncIterator[bytes]:
         full = self._full_key(key)

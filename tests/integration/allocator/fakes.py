@@ -23,8 +23,10 @@ from voiceslot.providers.errors import ProviderError, VoiceNotFound
 
 class FakeProvider:
     """Remote voices in a dict. Records every clone per label and the most voices ever
-    live at once; ``clone_errors`` are raised by the next clones, in order; while
-    ``gate`` (``delete_gate``) is given and clear, clones (deletes) wait on it."""
+    live at once; ``clone_errors`` (``delete_errors``) are raised by the next clones
+    (deletes), in order; while ``gate`` (``delete_gate``) is given and clear, clones
+    (deletes) wait on it; while ``answer_gate`` is given and clear, a clone that has made
+    its voice waits before answering (the provider did the work; the caller hangs)."""
 
     kind = "cartesia"
 
@@ -39,6 +41,8 @@ class FakeProvider:
         self.clone_errors: list[ProviderError] = []
         self.gate: asyncio.Event | None = None
         self.delete_gate: asyncio.Event | None = None
+        self.answer_gate: asyncio.Event | None = None
+        self.delete_errors: list[ProviderError] = []
         self.delete_started = asyncio.Event()
 
     async def clone(self, request: CloneRequest) -> RemoteVoice:
@@ -51,6 +55,8 @@ class FakeProvider:
         self.created[request.label] += 1
         self.live[voice.provider_voice_id] = voice
         self.peak = max(self.peak, len(self.live))
+        if self.answer_gate is not None:
+            await self.answer_gate.wait()
         return voice
 
     async def find_by_label(self, label: str) -> RemoteVoice | None:
@@ -61,6 +67,8 @@ class FakeProvider:
         self.delete_started.set()
         if self.delete_gate is not None:
             await self.delete_gate.wait()
+        if self.delete_errors:
+            raise self.delete_errors.pop(0)
         if self.live.pop(provider_voice_id, None) is None:
             raise VoiceNotFound(f"{provider_voice_id} not found", provider=self.name)
 

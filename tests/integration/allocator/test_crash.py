@@ -86,7 +86,7 @@ async def crash_mid_allocation(
     finally:
         doomed.stop()
     (remote,) = emulator.state.live_voices("elevenlabs")
-    assert remote.name == f"{LABEL_PREFIX}{voice.voice_id}-g1"
+    assert remote.name == f"{LABEL_PREFIX}{voice.voice_id}-g0"
     return voice.voice_id, remote.voice_id
 
 
@@ -103,7 +103,7 @@ async def test_the_sweeper_adopts_the_clone_of_a_killed_replica(
             get = apb.GetVoiceRequest(voice_id=voice_id)
             before = (await stub.GetVoice(get, metadata=ALICE)).voice
             assert before.state == common_pb2.VOICE_STATE_ALLOCATING
-            assert before.generation == 1
+            assert before.generation == 0
 
             # Reset stuck only acts once the dead replica's dispatch lease (1 s) is over.
             deadline = time.monotonic() + 30
@@ -118,7 +118,7 @@ async def test_the_sweeper_adopts_the_clone_of_a_killed_replica(
 
             after = (await stub.GetVoice(get, metadata=ALICE)).voice
             assert after.state == common_pb2.VOICE_STATE_READY
-            assert after.provider_voice_id == remote_id and after.generation == 1
+            assert after.provider_voice_id == remote_id and after.generation == 0
             events = await stub.ListVoiceEvents(
                 apb.ListVoiceEventsRequest(voice_id=voice_id), metadata=ALICE
             )
@@ -127,7 +127,7 @@ async def test_the_sweeper_adopts_the_clone_of_a_killed_replica(
             assert ready.ready.provider_voice_id == remote_id
     finally:
         assert restarted.stop() == 0
-    assert emulator.state.created_labels() == {f"{LABEL_PREFIX}{voice_id}-g1": 1}
+    assert emulator.state.created_labels() == {f"{LABEL_PREFIX}{voice_id}-g0": 1}
 
 
 async def test_the_maintenance_loop_adopts_it_unasked(tmp_path: Path, emulator: ProviderEmulator):
@@ -140,4 +140,4 @@ async def test_the_maintenance_loop_adopts_it_unasked(tmp_path: Path, emulator: 
             assert ready.ready.provider_voice_id == remote_id
     finally:
         assert restarted.stop() == 0
-    assert emulator.state.created_labels() == {f"{LABEL_PREFIX}{voice_id}-g1": 1}
+    assert emulator.state.created_labels() == {f"{LABEL_PREFIX}{voice_id}-g0": 1}

@@ -46,7 +46,7 @@ async def test_concurrent_ensures_of_one_voice_enqueue_one_request(repo: Allocat
     assert all(isinstance(o, Queued) for o in outcomes)
     assert (await repo.provider_stats(at(1), name="p"))[0].queued == 1
     (c,) = (await claim(repo, at(2))).claims
-    assert c.voice_id == voice.id and c.generation == 1
+    assert c.voice_id == voice.id and c.generation == 0
 
 
 async def test_registration_idempotency_key_is_unique_per_owner(repo: AllocatorRepository):
