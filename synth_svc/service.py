@@ -26,7 +26,7 @@ from voiceslot.config import SynthConfig
 from voiceslot.ids import require_id
 from voiceslot.logs import get_logger
 from voiceslot.providers.base import PcmAudio, Provider, SynthesisRequest
-from voiceslot.text import split_sentences, validate_text
+from voiceslot.text import pieces_to_speak, validate_text
 from voiceslot.validation import language_tag
 
 log = get_logger(__name__)
@@ -77,7 +77,7 @@ class Synthesizer:
         require_id("voice_id", request.voice_id, "v")  # here, before a call to the allocator
         language_tag("language", request.language, default="")
         text = validate_text(request.text, max_chars=self.config.max_text_chars)
-        return split_sentences(text, max_chars=SENTENCE_MAX_CHARS)
+        return pieces_to_speak(text, max_chars=SENTENCE_MAX_CHARS)
 
     def _engine(self, active: ActiveVoice) -> Provider:
         try:

@@ -110,9 +110,9 @@ def normalize(text: str) -> str:
 
 def validate_text(text: str, *, max_chars: int, field: str = "text") -> str:
     """``text`` normalised; ``InvalidArgument`` when nothing is left, when it is longer
-    than ``max_chars`` characters, or when a character carries more than
-    ``MAX_MARKS_PER_CHARACTER`` combining marks. Never truncates: a cut sentence would be
-    spoken wrong.
+    than ``max_chars`` characters, when a character carries more than
+    ``MAX_MARKS_PER_CHARACTER`` combining marks, or when it has no letter or digit to
+    speak. Never truncates: a cut sentence would be spoken wrong.
 
     The limits apply to the normalised text, so the work an engine is given follows from
     what the text says, not from how it was encoded."""
@@ -128,6 +128,8 @@ def validate_text(text: str, *, max_chars: int, field: str = "text") -> str:
             field, f"is {len(normalized)} characters long; the limit is {max_chars}"
         )
     _check_marks(normalized, field)
+    if not _speaks(normalized):
+        raise InvalidArgument(field, "has nothing to say: no letters or digits")
     return normalized
 
 
@@ -164,6 +166,15 @@ def split_sentences(text: str, *, max_chars: int = 250) -> list[str]:
     for sentence in _sentences(text):
         pieces.extend(_fit(sentence, max_chars, _SPLITTERS))
     return _join_unspoken(pieces, max_chars)
+
+
+def pieces_to_speak(text: str, *, max_chars: int) -> list[str]:
+    """What an engine is given for ``text``, in order: ``split_sentences``'s pieces less
+    those with nothing to say. Those join a neighbour where they fit; a run of them
+    longer than a piece ("a" and then 2,000 " .") is left out, as an engine would only
+    read noise into it, one call per piece. Text with nothing to say at all is refused
+    by ``validate_text`` before this."""
+    return [p for p in split_sentences(text, max_chars=max_chars) if _speaks(p)]
 
 
 def _speaks(piece: str) -> bool:

@@ -13,6 +13,7 @@ from voiceslot.text import (
     MAX_MARKS_PER_CHARACTER,
     character_spans,
     normalize,
+    pieces_to_speak,
     split_sentences,
     validate_item_name,
     validate_text,
@@ -217,6 +218,20 @@ def test_pieces_with_nothing_to_say_join_a_neighbour() -> None:
     pieces = split_sentences(text, max_chars=240)
     assert_lossless(text, pieces, 240)
     assert len(pieces) <= 4000 // 240 + 1
+
+
+@pytest.mark.parametrize("text", ["...", "!!! ???", "\U0001f44d", "\u2014 \u2014", "$%&"])
+def test_text_with_no_letter_or_digit_has_nothing_to_say(text: str) -> None:
+    with pytest.raises(InvalidArgument) as info:
+        validate_text(text, max_chars=100)
+    assert "nothing to say" in info.value.description
+
+
+def test_an_engine_gets_only_pieces_that_say_something() -> None:
+    # One letter and 2,000 lone periods: one engine call, not a dozen calls reading noise.
+    assert pieces_to_speak("a" + " ." * 2000, max_chars=240) == ["a" + " ." * 119]
+    assert pieces_to_speak("Hi. ... Bye.", max_chars=240) == ["Hi. ...", "Bye."]
+    assert pieces_to_speak("\u4f60\u597d\u3002123", max_chars=240) == ["\u4f60\u597d\u3002", "123"]
 
 
 def test_cjk_without_punctuation_or_spaces_is_cut_by_characters() -> None:
