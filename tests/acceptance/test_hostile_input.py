@@ -13,7 +13,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.acceptance.test_errors_and_auth import expect, field_violations
 from tests.conftest import ADMIN_KEY, ALICE_KEY, auth
-from tests.support import register_requests
+from tests.support import ensure_ready, register, register_requests
 from voiceslot.v1 import allocator_pb2 as apb
 from voiceslot.v1 import allocator_pb2_grpc, common_pb2, synthesizer_pb2_grpc
 from voiceslot.v1 import synthesizer_pb2 as spb
@@ -200,3 +200,14 @@ async def test_an_unknown_voice_is_named_once(channel):
         grpc.StatusCode.NOT_FOUND, synth.Synthesize(request, metadata=auth(ALICE_KEY))
     )
     assert exc.details() == f"voice '{UNKNOWN_VOICE}' not found"
+
+
+async def test_a_language_the_engine_does_not_speak_is_the_callers_to_fix(channel, sample_wav):
+    # A well-formed tag the engine does not speak came back UNAVAILABLE ("retry").
+    md = auth(ALICE_KEY)
+    voice = await register(channel, md, sample_wav)
+    await ensure_ready(channel, md, voice.voice_id)
+    synth = synthesizer_pb2_grpc.SynthesizerServiceStub(channel)
+    request = spb.SynthesizeRequest(voice_id=voice.voice_id, text="Hello.", language="zz")
+    exc = await expect(grpc.StatusCode.INVALID_ARGUMENT, synth.Synthesize(request, metadata=md))
+    assert "'zz' is not supported" in exc.details()

@@ -113,3 +113,13 @@ async def test_health_list_follows_set_and_shutdown() -> None:
     assert {r.status for r in listed.statuses.values()} == {
         health_pb2.HealthCheckResponse.NOT_SERVING
     }
+
+
+def test_a_provider_refusing_the_input_is_the_callers_to_fix() -> None:
+    from voiceslot.providers.errors import InvalidInput, Transient
+    from voiceslot.rpc.status import grpc_code
+
+    assert grpc_code(InvalidInput("language 'zz' is not supported")) == (
+        grpc.StatusCode.INVALID_ARGUMENT
+    )
+    assert grpc_code(Transient("503")) == grpc.StatusCode.UNAVAILABLE
