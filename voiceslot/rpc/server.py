@@ -24,6 +24,8 @@ from voiceslot.rpc.interceptors import ServerInterceptor
 log = get_logger("voiceslot.server")
 
 # Sample uploads stream in chunks of at most 1 MiB; batch creation may carry many items.
+# A unary Synthesize whose audio cannot fit is refused (INVALID_ARGUMENT naming
+# SynthesizeStream) before the work where the text says so, and after encoding otherwise.
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
 
