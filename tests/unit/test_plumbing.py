@@ -3,6 +3,7 @@ settings validation and JSON logs."""
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import stat
@@ -17,7 +18,7 @@ from voiceslot import errors
 from voiceslot.auth import KeyTable, Principal
 from voiceslot.config import ProviderConfig, Settings
 from voiceslot.credentials import ensure_local_admin_key, key_table, read_local_key
-from voiceslot.logs import bound_context, configure_logging, get_logger
+from voiceslot.logs import bind_context, configure_logging, get_logger
 from voiceslot.pagination import decode_token, encode_token, page_size
 from voiceslot.providers.errors import RateLimited
 from voiceslot.rpc.interceptors import credential_from, request_id_from
@@ -124,12 +125,19 @@ def test_settings_read_environment_and_yaml(tmp_path: Path, monkeypatch):
 def test_json_logs_carry_the_bound_context(capsys):
     configure_logging(level="INFO", fmt="json")
     try:
-        with bound_context(request_id="r-9", user="ann", voice="v_1", provider=None):
+
+        def one_call() -> None:  # a call's own context, as each RPC runs in its own task
+            bind_context(request_id="r-9", user="ann", voice="v_1", provider=None)
             get_logger("t").info("hello", extra_field=3)
-        line = capsys.readouterr().err.strip().splitlines()[-1]
+
+        contextvars.copy_context().run(one_call)
+        get_logger("t").info("after the call")
+        *_, line, after_line = capsys.readouterr().err.strip().splitlines()
         record = json.loads(line)
         assert record["event"] == "hello" and record["level"] == "info"
         assert (record["request_id"], record["user"], record["voice"]) == ("r-9", "ann", "v_1")
         assert "provider" not in record and record["extra_field"] == 3
+        after = json.loads(after_line)
+        assert "request_id" not in after and "user" not in after
     finally:
         logging.getLogger().handlers.clear()
