@@ -49,15 +49,17 @@ def _as_domain_error(exc: grpc.aio.AioRpcError) -> errors.VoiceslotError:
         return errors.NotFound("voice", "", message=message)
     if code == grpc.StatusCode.INVALID_ARGUMENT:
         status = rpc_status.from_call(exc)
-        field = "voice_id"
+        field, description = "voice_id", message
         if status is not None:
             from google.rpc import error_details_pb2
 
             for detail in status.details:
                 br = error_details_pb2.BadRequest()
                 if detail.Unpack(br) and br.field_violations:
+                    # The violation's own words: the message already starts "field: ".
                     field = br.field_violations[0].field
-        return errors.InvalidArgument(field, message)
+                    description = br.field_violations[0].description
+        return errors.InvalidArgument(field, description)
     if code == grpc.StatusCode.PERMISSION_DENIED:
         return errors.PermissionDenied(message)
     if code == grpc.StatusCode.UNAUTHENTICATED:
