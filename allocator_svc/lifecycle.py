@@ -213,7 +213,11 @@ class Lifecycle:
     ) -> AllocationOutcome:
         now = self.clock.now()
         if await self.repo.complete_allocation(
-            claim, remote.provider_voice_id, now, adopted=adopted
+            claim,
+            remote.provider_voice_id,
+            now,
+            adopted=adopted,
+            clone_seconds=now.timestamp() - started_s,
         ):
             self.on_change()
             telemetry.ALLOCATIONS.labels(claim.provider, "adopted" if adopted else "cloned").inc()

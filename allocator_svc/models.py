@@ -61,6 +61,9 @@ class ProviderRow(Base):
     breaker_open_until: Mapped[datetime | None] = mapped_column(UtcDateTime)
     tokens: Mapped[float] = mapped_column(Float, default=0.0)
     tokens_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    # Exponentially weighted mean of measured clone durations (domain.estimates); None
+    # until the first clone completes. Queue wait estimates are made from it.
+    clone_seconds: Mapped[float | None] = mapped_column(Float)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
 
 

@@ -15,10 +15,7 @@ from __future__ import annotations
 from allocator_svc.repository.claims import ClaimResult, ClaimsRepository
 from allocator_svc.repository.leases import EnsureParams
 from allocator_svc.repository.providers import ProvidersRepository
-from allocator_svc.repository.queue import (
-    estimate_wait_s,
-    owner_lock_key,
-)
+from allocator_svc.repository.queue import owner_lock_key
 from allocator_svc.repository.voices import NewVoice, VoicesRepository
 
 
@@ -31,6 +28,5 @@ __all__ = [
     "ClaimResult",
     "EnsureParams",
     "NewVoice",
-    "estimate_wait_s",
     "owner_lock_key",
 ]

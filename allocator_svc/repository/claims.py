@@ -13,12 +13,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, exists, func, literal, or_, select, update
+from sqlalchemy import Float, bindparam, exists, func, literal, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from allocator_svc.domain.breaker import BreakerPolicy, BreakerState
+from allocator_svc.domain.estimates import ewma
 from allocator_svc.domain.reclaim import ReclaimPolicy
 from allocator_svc.domain.states import (
     EventReason,
@@ -115,10 +116,12 @@ class _Complete:
             .select_from(done)
             .add_cte(self._event(done, now).cte("e"))
             .add_cte(self._request(done, now).cte("r"))
+            .add_cte(self._timing(done).cte("t"))
         )
         one = select(bindparam("b_voice_id").label("id")).subquery("v")
         self.event = self._event(one, now)
         self.request = self._request(one, now)
+        self.timing = self._timing(one)
 
     @staticmethod
     def _event(done: Any, now: Any) -> Any:
@@ -134,6 +137,21 @@ class _Complete:
             .values(state="done", lease_token=None, updated_at=now)
         )
 
+    @staticmethod
+    def _timing(done: Any) -> Any:
+        """Fold the clone's duration (``b_seconds``; None: not measured, e.g. a reset's
+        adoption) into the provider's mean."""
+        seconds = bindparam("b_seconds", type_=Float())
+        return (
+            update(ProviderRow)
+            .where(
+                ProviderRow.name == bindparam("b_provider"),
+                seconds.is_not(None),
+                exists(select(done.c.id)),
+            )
+            .values(clone_seconds=ewma(func.coalesce(ProviderRow.clone_seconds, seconds), seconds))
+        )
+
     async def run(self, conn: AsyncConnection, params: dict[str, Any]) -> bool:
         if conn.dialect.name == "postgresql":
             return bool((await conn.execute(self.pg, params)).scalar_one())
@@ -141,6 +159,7 @@ class _Complete:
             return False
         await conn.execute(self.event, params)
         await conn.execute(self.request, params)
+        await conn.execute(self.timing, params)
         return True
 
 
@@ -297,11 +316,13 @@ class ClaimsRepository(QueueRepository, SlotsRepository):
         *,
         adopted: bool,
         lease_expired_by: datetime | None = None,
+        clone_seconds: float | None = None,
     ) -> bool:
         """READY, fenced by the claim's token (and, for a reset acting on someone else's
         claim, by its dispatch lease having expired by ``lease_expired_by``). False: the
         allocation was reset, the voice deleted, or its dispatcher still holds it; see
-        ``late_copy_fate`` for what becomes of the remote voice."""
+        ``late_copy_fate`` for what becomes of the remote voice. ``clone_seconds``: how
+        long the allocation took, for the provider's measured mean."""
         check_transition(S.ALLOCATING, S.READY)
         params = {
             "b_voice_id": claim.voice_id,
@@ -312,6 +333,8 @@ class ClaimsRepository(QueueRepository, SlotsRepository):
             "b_request_id": claim.request_id,
             "b_now": now,
             "b_fence": lease_expired_by,
+            "b_provider": claim.provider,
+            "b_seconds": clone_seconds,
         }
         if self._hot is not None:  # one statement, its own transaction
             async with self._hot.connect() as conn:

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import hashlib
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from allocator_svc.domain.estimates import estimate_wait_s, remaining_s
 from allocator_svc.domain.states import EventReason, VoiceState, needs_allocation
 from allocator_svc.models import (
     AllocationRequestRow,
@@ -36,13 +38,6 @@ def owner_lock_key(owner: str) -> int:
     per process; replicas must agree)."""
     digest = hashlib.blake2b(f"voiceslot.allocator.owner:{owner}".encode(), digest_size=8)
     return int.from_bytes(digest.digest(), "big", signed=True)
-
-
-def estimate_wait_s(position: int, capacity: int, mean_allocation_s: float) -> float:
-    """Rough wait for the ``position``-th request in line: slots turn over in waves of
-    ``capacity`` allocations, each taking about ``mean_allocation_s``."""
-    waves = (position + max(1, capacity) - 1) // max(1, capacity)
-    return waves * mean_allocation_s
 
 
 class QueueRepository(LeasesRepository):
@@ -70,14 +65,18 @@ class QueueRepository(LeasesRepository):
                 await self._enqueue(s, row, p.priority, now)
                 state = S.QUEUED
             voice = record(row, 0)
+            prov = await s.get(ProviderRow, row.provider)
+            # Measured clone durations once there are any; the caller's guess before.
+            mean = p.mean_allocation_s
+            if prov is not None and prov.clone_seconds is not None:
+                mean = prov.clone_seconds
             if state == S.QUEUED:
-                position = await self._queue_position(s, row.id, row.provider)
-                capacity = (await s.get(ProviderRow, row.provider)).capacity
-                return Queued(
-                    voice, position, estimate_wait_s(position, capacity, p.mean_allocation_s)
-                )
+                position = await self._queue_position(s, row.id, row.provider, now)
+                capacity = prov.capacity if prov is not None else 1
+                return Queued(voice, position, estimate_wait_s(position, capacity, mean))
             # ALLOCATING, or RECLAIMING (it will be IDLE shortly and re-queued on the next call)
-            return Allocating(voice, p.mean_allocation_s)
+            elapsed = (now - row.state_changed_at).total_seconds()
+            return Allocating(voice, remaining_s(mean, elapsed))
 
     async def _check_user_cap(self, s: AsyncSession, owner: str, cap: int) -> None:
         """RESOURCE_EXHAUSTED (QuotaFailure) when ``owner`` already has ``cap`` requests
@@ -129,27 +128,25 @@ class QueueRepository(LeasesRepository):
         transition(s, row, S.QUEUED, EventReason.ENQUEUED, now)
         await s.flush()
 
-    async def _queue_position(self, s: AsyncSession, voice_id: str, provider: str) -> int:
+    async def _queue_position(
+        self, s: AsyncSession, voice_id: str, provider: str, now: datetime
+    ) -> int:
+        """Where the voice's request stands in the order the dispatcher serves (1: next).
+        A request waiting out a retry delay is placed as the order will be when it is
+        due."""
         mine = (
             await s.execute(
-                select(AllocationRequestRow.id).where(
+                select(AllocationRequestRow.id, AllocationRequestRow.run_at).where(
                     AllocationRequestRow.voice_id == voice_id,
                     AllocationRequestRow.state == "queued",
                 )
             )
-        ).scalar_one_or_none()
+        ).one_or_none()
         if mine is None:
             return 1
-        ahead = (
-            await s.execute(
-                select(func.count()).where(
-                    AllocationRequestRow.provider == provider,
-                    AllocationRequestRow.state == "queued",
-                    AllocationRequestRow.id < mine,
-                )
-            )
-        ).scalar_one()
-        return int(ahead) + 1
+        order = self._fair_queue(provider, max(now, mine.run_at))
+        place = (await s.execute(select(order.c.place).where(order.c.id == mine.id))).scalar()
+        return int(place or 1)
 
     @staticmethod
     async def _backlog(s: AsyncSession, provider: str, now: datetime) -> int:
@@ -166,7 +163,17 @@ class QueueRepository(LeasesRepository):
             return await self._backlog(s, provider, now)
 
     async def _fair_order(self, s: AsyncSession, provider: str, now: datetime, n: int) -> list[int]:
-        """The next ``n`` due requests at ``provider``, fairly across users.
+        """The next ``n`` due requests at ``provider``, fairly across users (see
+        ``_fair_queue``)."""
+        order = self._fair_queue(provider, now)
+        q = select(order.c.id).order_by(order.c.place).limit(n)
+        return list((await s.execute(q)).scalars().all())
+
+    @staticmethod
+    def _fair_queue(provider: str, due_by: datetime) -> Any:
+        """The requests at ``provider`` due by ``due_by``, each with its ``place`` in the
+        order the dispatcher serves them (1 first): the one definition of that order,
+        used to dispatch and to tell callers where they stand.
 
         Each request is keyed, smallest first, by
 
@@ -191,7 +198,7 @@ class QueueRepository(LeasesRepository):
         )
         ranked = (
             select(r.id, r.owner, rank)
-            .where(r.provider == provider, r.state == "queued", r.run_at <= now)
+            .where(r.provider == provider, r.state == "queued", r.run_at <= due_by)
             .subquery()
         )
         held = (
@@ -205,17 +212,18 @@ class QueueRepository(LeasesRepository):
             .where(AllocationTurnRow.provider == provider)
             .subquery()
         )
-        q = (
-            select(ranked.c.id)
-            .outerjoin(held, held.c.owner == ranked.c.owner)
-            .outerjoin(turn, turn.c.owner == ranked.c.owner)
-            .order_by(
+        place = func.row_number().over(
+            order_by=(
                 func.coalesce(held.c.held, 0) + ranked.c.rank,
                 ranked.c.rank,
                 turn.c.last_claimed_at.is_not(None),  # never served: false sorts first
                 turn.c.last_claimed_at,
                 ranked.c.id,
             )
-            .limit(n)
         )
-        return list((await s.execute(q)).scalars().all())
+        return (
+            select(ranked.c.id, place.label("place"))
+            .outerjoin(held, held.c.owner == ranked.c.owner)
+            .outerjoin(turn, turn.c.owner == ranked.c.owner)
+            .subquery("fair_queue")
+        )
