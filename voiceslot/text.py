@@ -17,6 +17,8 @@ import re
 import unicodedata
 from collections.abc import Callable, Iterable, Iterator
 
+import regex
+
 from voiceslot.errors import InvalidArgument
 
 # --- normalising -----------------------------------------------------------------------
@@ -61,34 +63,16 @@ RAW_CHARS_SLACK = 65536
 normalising is refused unread: normalising (whitespace runs, invisible characters) does not
 shrink honest text that much, and the work done on a request stays bounded by its limit."""
 
-_ZWJ = "\u200d"
-_JOINERS = frozenset("\u200c\u200d")
-
-
-def _extends_character(ch: str) -> bool:
-    """Whether ``ch`` belongs to the character before it: a combining mark (Mn, Mc, Me,
-    variation selectors included), a joiner, or an emoji skin-tone modifier."""
-    return (
-        ch in _JOINERS
-        or unicodedata.category(ch).startswith("M")
-        or "\U0001f3fb" <= ch <= "\U0001f3ff"
-    )
+# Unicode's extended grapheme clusters (UAX #29) as the `regex` library implements them,
+# kept current with each Unicode release; the standard library has no segmentation.
+_CHARACTER = regex.compile(r"\X")
 
 
 def character_spans(text: str) -> list[tuple[int, int]]:
-    """(start, end) of each user-perceived character of ``text``: a base code point with
-    the marks, joiners and modifiers that extend it, and what a zero-width joiner joins
-    (emoji sequences). A close, dependency-free reading of Unicode's extended grapheme
-    clusters (UAX #29): enough to never cut a mark from its letter and to count marks."""
-    spans: list[tuple[int, int]] = []
-    start = 0
-    for i in range(1, len(text)):
-        if not (_extends_character(text[i]) or text[i - 1] == _ZWJ):
-            spans.append((start, i))
-            start = i
-    if text:
-        spans.append((start, len(text)))
-    return spans
+    """(start, end) of each user-perceived character of ``text`` (an extended grapheme
+    cluster: a letter with its marks, an emoji sequence joined by zero-width joiners, a
+    flag, a Hangul syllable)."""
+    return [m.span() for m in _CHARACTER.finditer(text)]
 
 
 def _check_marks(text: str, field: str) -> None:
