@@ -95,7 +95,7 @@ class CandidateDriver(_Base):
     def observe(self, index: int, request: Request) -> None:
         h = self.voices.get(request.voice, cand.VoiceHistory())
         self.voices[request.voice], self.provider = cand.observe(
-            h, self.provider, request.t, self.cfg
+            h, self.provider, request.t, self.cfg, lease_s=request.lease
         )
 
     def hit(self, voice: int, now: float) -> None:

@@ -51,7 +51,7 @@ class CandidateConfig:
     session_gap_s: float = 60.0
     """A request within this long of the previous one for the same voice continues a
     session; beyond it, a session is over."""
-    session_threshold: float = 0.5
+    session_threshold: float = 0.1
     """Evicting a voice whose session is alive with at least this probability is worse
     than a short wait."""
     max_wait_s: float = 30.0
@@ -63,6 +63,8 @@ class CandidateConfig:
     voice at once; the allocator needs it only while a requester may not yet hold its
     lease when the voice turns READY."""
     add_edit_reserve: int = 0
+    between: str = "excess"
+    stale_factor: float | None = 2.0
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,10 @@ class VoiceHistory:
     """Requests followed by another for this voice within the session gap."""
     burst: int = 0
     """Requests in the voice's current burst (1: the latest began one)."""
+    released_at: float | None = None
+    """When the voice's latest lease ends (or ended): idle time, and the gaps that say
+    whether a session goes on, are counted from here — a synthesis in progress is not
+    the user thinking."""
 
 
 @dataclass(frozen=True)
@@ -124,9 +130,15 @@ def _decay(value: float, dt: float, cfg: CandidateConfig) -> float:
 
 
 def observe(
-    voice: VoiceHistory, provider: ProviderHistory, now: float, cfg: CandidateConfig
+    voice: VoiceHistory,
+    provider: ProviderHistory,
+    now: float,
+    cfg: CandidateConfig,
+    *,
+    lease_s: float = 0.0,
 ) -> tuple[VoiceHistory, ProviderHistory]:
-    """Both histories after a request for the voice at ``now`` (one UPDATE each)."""
+    """Both histories after a request for the voice at ``now`` that holds it ``lease_s``
+    (one UPDATE each; the allocator can equally move ``released_at`` when the lease ends)."""
     p_decay = 0.5 ** (max(now - provider.at, 0.0) / cfg.half_life_s)
     p = replace(
         provider,
@@ -136,10 +148,14 @@ def observe(
         gap_n=provider.gap_n * p_decay,
         at=max(now, provider.at),
     )
+    released = now + lease_s
     if voice.last_used_at is None:
-        return VoiceHistory(now, 1.0, 1, 0, 1), replace(p, starts=p.starts + 1)
-    gap = now - voice.last_used_at
-    freq = _decay(voice.freq, gap, cfg) + 1.0
+        return VoiceHistory(now, 1.0, 1, 0, 1, released), replace(p, starts=p.starts + 1)
+    freq = _decay(voice.freq, now - voice.last_used_at, cfg) + 1.0
+    released = max(released, voice.released_at or now)
+    gap = max(
+        now - (voice.released_at if voice.released_at is not None else voice.last_used_at), 0.0
+    )
     if gap < cfg.session_gap_s:
         # The previous request was continued; if it had begun a burst, that start counts.
         p = replace(
@@ -148,8 +164,10 @@ def observe(
             gap_n=p.gap_n + 1,
             starts_continued=p.starts_continued + (1 if voice.burst == 1 else 0),
         )
-        return VoiceHistory(now, freq, voice.requests + 1, voice.continued + 1, voice.burst + 1), p
-    return VoiceHistory(now, freq, voice.requests + 1, voice.continued, 1), replace(
+        return VoiceHistory(
+            now, freq, voice.requests + 1, voice.continued + 1, voice.burst + 1, released
+        ), p
+    return VoiceHistory(now, freq, voice.requests + 1, voice.continued, 1, released), replace(
         p, starts=p.starts + 1
     )
 
@@ -161,24 +179,42 @@ def session_shape(provider: ProviderHistory, cfg: CandidateConfig) -> tuple[floa
     return min(q0, 1.0), max(g, 1e-3)
 
 
+def _continuation_share(h: VoiceHistory, q0: float, cfg: CandidateConfig) -> float:
+    resolved = h.requests - 1  # the latest request's continuation is not known yet
+    return min((h.continued + cfg.prior_weight * q0) / (resolved + cfg.prior_weight), 1.0)
+
+
 def alive_probability(
     h: VoiceHistory, now: float, q0: float, g: float, cfg: CandidateConfig
 ) -> tuple[float, float]:
-    """(P(a session on this voice is still going), long-run rate lambda) at ``now``."""
+    """(P(a session on this voice is still going), the rate it starts anew) at ``now``."""
     if h.last_used_at is None:
         return 0.0, 0.0
     idle = max(now - h.last_used_at, 0.0)
     tau = cfg.half_life_s / math.log(2)
     lam = _decay(h.freq, idle, cfg) / tau
+    idle = max(now - (h.released_at if h.released_at is not None else h.last_used_at), 0.0)
+    q = _continuation_share(h, q0, cfg)
+    if cfg.stale_factor and idle > 0:
+        # A rate that would have brought several requests in the time the voice sat idle
+        # is out of date (the popular set moved on): cap it by what the silence allows.
+        lam = min(lam, cfg.stale_factor / idle)
+    excess = max(0.0, q - (1.0 - math.exp(-lam * cfg.session_gap_s)))
+    if cfg.between == "bursts":
+        # Requests that end a burst are the ones followed by a long gap: (1 - q) of them.
+        lam *= 1.0 - q
+    elif cfg.between == "excess":
+        # Only the requests the long-run rate explains count towards it; the excess came
+        # with sessions, and a session once over does not bring its requests back.
+        lam *= 1.0 - excess
     if idle >= cfg.session_gap_s:
         return 0.0, lam
-    resolved = h.requests - 1  # the latest request's continuation is not known yet
-    q = (h.continued + cfg.prior_weight * q0) / (resolved + cfg.prior_weight)
-    excess = max(0.0, min(q, 1.0) - (1.0 - math.exp(-lam * cfg.session_gap_s)))
     if excess <= 0.0:
         return 0.0, lam
+    if excess >= 1.0:
+        return 1.0, lam
     s = excess * math.exp(-idle / g)
-    return s / (s + 1.0 - excess) if excess < 1.0 else 1.0, lam
+    return s / (s + 1.0 - excess), lam
 
 
 def reuse_rate(h: VoiceHistory, now: float, q0: float, g: float, cfg: CandidateConfig) -> float:
@@ -191,12 +227,12 @@ def _session_over_at(h: VoiceHistory, q0: float, g: float, cfg: CandidateConfig)
     """When P(alive) falls below the threshold (or the gap passes), idle time counted from
     the voice's last use."""
     assert h.last_used_at is not None
-    resolved = h.requests - 1
-    q = (h.continued + cfg.prior_weight * q0) / (resolved + cfg.prior_weight)
+    q = _continuation_share(h, q0, cfg)
     theta = cfg.session_threshold
     e = min(max(q, 1e-9), 1.0 - 1e-9)
     idle = -g * math.log(theta * (1.0 - e) / (e * (1.0 - theta)))
-    return h.last_used_at + min(max(idle, 0.0), cfg.session_gap_s)
+    since = h.released_at if h.released_at is not None else h.last_used_at
+    return since + min(max(idle, 0.0), cfg.session_gap_s)
 
 
 def evictions_needed(p: Pressure, cfg: CandidateConfig) -> int:
