@@ -66,6 +66,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="print, for each voice in a violation, the provider's and the allocator's "
         "history of it (always on when replaying one --seed)",
     )
+    parser.add_argument("--workdir", help="where sessions keep configs and replica logs")
     parser.add_argument("--out", default="fault_schedules", help="result name in bench/results")
     return parser.parse_args(argv)
 
@@ -98,10 +99,10 @@ async def main(args: argparse.Namespace) -> Summary:
         TimeElapsedColumn(),
         TextColumn("{task.fields[status]}"),
     )
-    with (
-        Progress(*columns, console=console) as progress,
-        tempfile.TemporaryDirectory(prefix="fault-schedules-") as tmp,
-    ):
+    # Kept afterwards: the replicas' logs explain a failing seed that does not replay.
+    tmp = args.workdir or tempfile.mkdtemp(prefix="fault-schedules-")
+    console.print(f"replica logs under {tmp}", markup=False)
+    with Progress(*columns, console=console) as progress:
         task = progress.add_task("schedules", total=total, status="")
 
         def on_result(result: RunResult) -> None:

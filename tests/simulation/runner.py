@@ -499,10 +499,7 @@ class ScheduleRun:
         """Faults off, every replica back, requests settled, maintenance until nothing is
         in flight (see the module docstring)."""
         unhit = Counter(schedule_kind(f) for f in self.state.faults.pending for _ in range(f.times))
-        self.hits = Counter(
-            {k: n - unhit[k] for k, n in self.shots.items()}
-            | {k: n for k, n in self.injections.items() if k not in _FAULTS}
-        )
+        self.hits = Counter({k: n - unhit[k] for k, n in self.shots.items()})
         self.state.faults.clear()
         for lag in self.lag_resets:
             lag.cancel()
@@ -718,7 +715,9 @@ async def run_schedule(schedule: Schedule, cluster: Cluster) -> RunResult:
         schedule=schedule,
         violations=violations,
         injections=run.injections,
-        hits=run.hits,
+        # Kills, dropped connections and list lag strike whenever they are made; a kill
+        # fired at the very end is counted once it is done, hence here.
+        hits=run.hits + Counter({k: n for k, n in run.injections.items() if k not in _FAULTS}),
         outcomes=run.outcomes,
         rpc_errors=clients.errors,
         leftover_remote=leftover,

@@ -54,6 +54,7 @@ class Summary:
     hits: Counter[str] = field(default_factory=Counter)
     violations: Counter[str] = field(default_factory=Counter)
     outcomes: Counter[str] = field(default_factory=Counter)
+    rpc_errors: Counter[str] = field(default_factory=Counter)
     failing: list[dict[str, Any]] = field(default_factory=list)
     leftover_remote: int = 0
     elapsed_s: float = 0.0
@@ -65,6 +66,7 @@ class Summary:
         self.hits.update(result.hits)
         self.violations.update(v.invariant for v in result.violations)
         self.outcomes.update(result.outcomes)
+        self.rpc_errors.update(result.rpc_errors)
         self.leftover_remote += result.leftover_remote
         self.elapsed_s += result.elapsed_s
         if result.violations:
@@ -93,6 +95,7 @@ class Summary:
                 for k, n in sorted(self.outcomes.items())
                 if k.startswith("request ")
             },
+            "rpc_errors": dict(self.rpc_errors.most_common()),
             "leftover_remote_voices_removed_by_cleanup": self.leftover_remote,
             "schedule_seconds": round(self.elapsed_s, 1),
         }
