@@ -39,6 +39,12 @@ def report(results: list[RunResult], invariant: str) -> list[str]:
                 f"replay with `{replay_command(schedule.seed, schedule.topology)} --show`"
             )
             lines += [f"    {v}" for v in found]
+            # What the provider and the allocator did, since a race may not replay.
+            for subject in dict.fromkeys(v.subject for v in found):
+                history = result.evidence.get(subject, [])
+                if history:
+                    lines.append(f"    history of {subject}:")
+                    lines += [f"      {line}" for line in history[:60]]
     return lines
 
 
