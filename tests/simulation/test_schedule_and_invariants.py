@@ -158,3 +158,51 @@ def test_check_names_only_known_invariants() -> None:
     )
     names = {v.invariant for v in check(obs)}
     assert names == set(INVARIANTS) - {"remote_without_row", "stuck_requests"}
+
+
+# -- planning and summing up ----------------------------------------------------------------
+
+
+def test_plans_cover_every_seed_once_with_some_sessions_on_sqlite() -> None:
+    from tests.simulation.summary import plan
+
+    sessions = plan(300, first_seed=1, per_cluster=10)
+    seeds = [seed for s in sessions for seed in s.seeds]
+    assert seeds == list(range(1, 301))
+    databases = Counter(s.topology.database for s in sessions)
+    assert databases == {"postgres": 24, "sqlite": 6}
+    assert {s.topology.replicas for s in sessions if s.topology.database == "postgres"} == {
+        1,
+        2,
+        3,
+        4,
+    }
+
+
+def test_the_summary_counts_kills_faults_and_violations_per_invariant() -> None:
+    from tests.simulation.invariants import Violation
+    from tests.simulation.runner import RunResult
+    from tests.simulation.summary import Summary
+
+    topology = topology_for(1, "postgres")
+    summary = Summary()
+    summary.add(
+        RunResult(
+            schedule=generate(5, topology),
+            violations=[Violation("duplicates", "v_1", "2 live remote copies at one instant")],
+            injections=Counter({"kill": 2, "hang_late_success": 3}),
+            hits=Counter({"kill": 2, "hang_late_success": 1}),
+            outcomes=Counter({"request ready": 4, "request failed": 1}),
+            evidence={"v_1": ["t +1.00s provider create vs-v_1-g0"]},
+        )
+    )
+    summary.add(RunResult(schedule=generate(6, topology), violations=[]))
+    body = summary.to_json()
+    assert body["schedules"] == 2 and body["process_kills"] == 2
+    assert body["injections"]["hang_late_success"] == 3
+    assert body["faults_hit"]["hang_late_success"] == 1
+    assert body["violations"] == {name: int(name == "duplicates") for name in INVARIANTS}
+    assert body["request_outcomes"] == {"failed": 1, "ready": 4}
+    (failing,) = body["failing"]
+    assert failing["seed"] == 5 and f"--topology {topology} --seed 5" in failing["replay"]
+    assert failing["evidence"] == {"v_1": ["t +1.00s provider create vs-v_1-g0"]}
