@@ -121,6 +121,8 @@ async def main(args: argparse.Namespace) -> Summary:
                         progress.console.print(f"  history of {voice}:", markup=False)
                         for line in lines:
                             progress.console.print(f"    {line}", markup=False)
+            if args.seed is None:  # a long run interrupted still leaves what it found
+                write_result(args.out, summary.to_json() | {"complete": False})
             broken = sum(summary.violations.values())
             progress.update(
                 task,
@@ -158,7 +160,7 @@ if __name__ == "__main__":
     result = asyncio.run(main(arguments))
     body = result.to_json() | {"wall_seconds": round(time.monotonic() - started, 1)}
     if arguments.seed is None:
-        path = write_result(arguments.out, body)
+        path = write_result(arguments.out, body | {"complete": True})
         print(f"wrote {path}")
     print({k: body[k] for k in ("schedules", "process_kills", "injections", "violations")})
     sys.exit(1 if result.failing else 0)

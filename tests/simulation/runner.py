@@ -428,7 +428,14 @@ class ScheduleRun:
         state = "QUEUED"
         while time.monotonic() < self.give_up_at:
             await asyncio.sleep(POLL_S)
-            row = await self._row(voice, replica=replica)
+            try:
+                row = await self._row(voice, replica=replica)
+            except grpc.aio.AioRpcError as exc:
+                # A read is safe to repeat, and a client would: one INTERNAL (e.g. the
+                # replica's database connection was just terminated) loses nothing yet.
+                # Clients.errors counts it; only failing until give-up makes it lost.
+                state = f"{exc.code().name} from GetVoice"
+                continue
             if row is None:
                 return "DELETED"
             state = row.state
