@@ -13,8 +13,9 @@ replicas). A failing seed is printed with the command that replays it.
 
 Writes bench/results/fault_schedules.json: schedules, process kills, injections per fault
 kind, violations per invariant, and the failing seeds with their replay commands.
-``VOICESLOT_SIM_CODE=<dir>`` runs the replicas from another source tree (see
-``tests/simulation/cluster.py``). PostgreSQL: ``VOICESLOT_TEST_PG`` (default
+``VOICESLOT_SIM_CODE=<dir>`` runs the replicas from another source tree, e.g. a commit
+under test: ``git archive <rev> | tar -x -C <dir>; echo <rev> > <dir>/.commit`` (see
+``tests/simulation/cluster.py``); the JSON names it as ``code_under_test``. PostgreSQL: ``VOICESLOT_TEST_PG`` (default
 postgresql://postgres@127.0.0.1:5432).
 """
 
@@ -31,7 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import ROOT, write_result  # noqa: E402
+from _common import ROOT, git_commit, write_result  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
 
@@ -44,6 +45,7 @@ from rich.progress import (  # noqa: E402
     TimeElapsedColumn,  # noqa: E402
 )
 
+from tests.simulation.cluster import CODE_DIR_ENV  # noqa: E402
 from tests.simulation.runner import RunResult, run_session  # noqa: E402
 from tests.simulation.schedule import Topology, generate  # noqa: E402
 from tests.simulation.summary import Session, Summary, plan, replay_command  # noqa: E402
@@ -122,7 +124,10 @@ async def main(args: argparse.Namespace) -> Summary:
                         for line in lines:
                             progress.console.print(f"    {line}", markup=False)
             if args.seed is None:  # a long run interrupted still leaves what it found
-                write_result(args.out, summary.to_json() | {"complete": False})
+                write_result(
+                    args.out,
+                    summary.to_json() | {"complete": False, "code_under_test": code_under_test()},
+                )
             broken = sum(summary.violations.values())
             progress.update(
                 task,
@@ -147,6 +152,16 @@ async def main(args: argparse.Namespace) -> Summary:
     return summary
 
 
+def code_under_test() -> str:
+    """What the replicas ran: this checkout, or the tree ``VOICESLOT_SIM_CODE`` names (its
+    ``.commit`` file, when the tree came from ``git archive``, says which commit)."""
+    code = os.environ.get(CODE_DIR_ENV)
+    if not code:
+        return f"working tree at {git_commit()}"
+    stamp = Path(code) / ".commit"
+    return f"{code} ({stamp.read_text().strip()})" if stamp.exists() else code
+
+
 def interrupt(signum: int, frame: object) -> None:
     """SIGTERM as Ctrl-C: the clusters' contexts then stop their replicas and drop their
     databases instead of leaving them behind."""
@@ -160,7 +175,9 @@ if __name__ == "__main__":
     result = asyncio.run(main(arguments))
     body = result.to_json() | {"wall_seconds": round(time.monotonic() - started, 1)}
     if arguments.seed is None:
-        path = write_result(arguments.out, body | {"complete": True})
+        path = write_result(
+            arguments.out, body | {"complete": True, "code_under_test": code_under_test()}
+        )
         print(f"wrote {path}")
     print({k: body[k] for k in ("schedules", "process_kills", "injections", "violations")})
     sys.exit(1 if result.failing else 0)
