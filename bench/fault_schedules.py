@@ -11,12 +11,15 @@ restart, PostgreSQL connections terminated) and is checked against the invariant
 set of processes (every fifth session on SQLite, the others on PostgreSQL with 1..4
 replicas). A failing seed is printed with the command that replays it.
 
-Writes bench/results/fault_schedules.json: schedules, process kills, injections per fault
-kind, violations per invariant, and the failing seeds with their replay commands.
+Writes bench/results/fault_schedules.json (after every schedule; ``complete`` once done):
+schedules, process kills, injections and hits per fault kind, violations per invariant,
+and the failing seeds with their replay commands and evidence (each broken voice's
+history at the provider and in the allocator). Replica logs stay under ``--workdir``.
+
 ``VOICESLOT_SIM_CODE=<dir>`` runs the replicas from another source tree, e.g. a commit
 under test: ``git archive <rev> | tar -x -C <dir>; echo <rev> > <dir>/.commit`` (see
-``tests/simulation/cluster.py``); the JSON names it as ``code_under_test``. PostgreSQL: ``VOICESLOT_TEST_PG`` (default
-postgresql://postgres@127.0.0.1:5432).
+``tests/simulation/cluster.py``); the JSON names it as ``code_under_test``. PostgreSQL:
+``VOICESLOT_TEST_PG`` (default postgresql://postgres@127.0.0.1:5432).
 """
 
 from __future__ import annotations
