@@ -187,9 +187,15 @@ class Maintenance:
                     )
                 except ProviderError as exc:
                     result.errors.append(f"{name}: delete {rv.provider_voice_id}: {exc.message}")
+            listed_by = self.clock.now() - timedelta(seconds=self.config.clone_settle_s)
             for voice in ready:
+                # A provider's listing may lag behind its creates: a copy made (and the
+                # voice made READY) within the settle time may not be listed yet, and
+                # calling it gone would clone a second copy beside it.
                 vanished = (
-                    bool(voice.provider_voice_id) and voice.provider_voice_id not in remote_ids
+                    bool(voice.provider_voice_id)
+                    and voice.provider_voice_id not in remote_ids
+                    and voice.state_changed_at <= listed_by
                 )
                 if vanished and await self.repo.mark_remote_missing(
                     voice.id, voice.provider_voice_id or "", self.clock.now()

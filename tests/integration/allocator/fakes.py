@@ -43,6 +43,8 @@ class FakeProvider:
         self.delete_gate: asyncio.Event | None = None
         self.answer_gate: asyncio.Event | None = None
         self.delete_errors: list[ProviderError] = []
+        self.unlisted: set[str] = set()
+        """Remote ids that exist but that listings do not show yet (a lagging index)."""
         self.delete_started = asyncio.Event()
 
     async def clone(self, request: CloneRequest) -> RemoteVoice:
@@ -74,6 +76,8 @@ class FakeProvider:
 
     async def list_voices(self, *, label_prefix: str = "") -> AsyncIterator[RemoteVoice]:
         for voice in list(self.live.values()):
+            if voice.provider_voice_id in self.unlisted:
+                continue
             if (voice.label or "").startswith(label_prefix):
                 yield voice
 

@@ -106,6 +106,25 @@ async def test_a_clone_that_lands_after_our_timeout_is_adopted_not_cloned_again(
     assert voice.provider_voice_id == ever[0].voice_id and ever[0].live
 
 
+async def test_a_copy_the_listing_does_not_show_yet_is_not_called_gone(
+    serve_allocator: Callable, sample_wav: bytes
+):
+    served: ServedAllocator = await serve_allocator(capacity=1, clone_settle_s=1.0)
+    allocator = served.allocator
+    voice_id = await new_voice(allocator, sample_wav)
+    await allocator.ensure_active(ADMIN, voice_id)
+    await until(lambda: ready_now(allocator, voice_id), "READY")
+    before = await allocator.get_voice(ADMIN, voice_id)
+    served.fake.unlisted.add(before.provider_voice_id or "")  # the index lags the create
+    await allocator.run_maintenance([Task.RECONCILE], provider="")
+    after = await allocator.get_voice(ADMIN, voice_id)
+    assert after.state == VoiceState.READY, "a copy the listing lags behind was called gone"
+    assert after.generation == before.generation
+    await asyncio.sleep(1.2)  # past the settle time, a copy still unlisted is gone
+    await allocator.run_maintenance([Task.RECONCILE], provider="")
+    assert await state_of(allocator, voice_id) == VoiceState.IDLE
+
+
 # -- 2. reclaims in flight count; one decision for backlog and idle reclaim -----------------
 
 
