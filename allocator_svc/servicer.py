@@ -35,14 +35,8 @@ MAX_CHUNK_BYTES = 1024 * 1024
 # Room for every task kind, each named a few times over; more is not a real request.
 MAX_MAINTENANCE_TASKS = 16
 
-# DELETING has no wire value yet: its remote copy is being deleted, which is what
-# RECLAIMING says; a filter on RECLAIMING means the state of that name.
-_STATE_FROM_PB = {
-    getattr(common_pb2, f"VOICE_STATE_{s.name}"): s for s in VoiceState if s != VoiceState.DELETING
-}
-_STATE_TO_PB = {s: v for v, s in _STATE_FROM_PB.items()} | {
-    VoiceState.DELETING: common_pb2.VOICE_STATE_RECLAIMING
-}
+_STATE_FROM_PB = {getattr(common_pb2, f"VOICE_STATE_{s.name}"): s for s in VoiceState}
+_STATE_TO_PB = {s: v for v, s in _STATE_FROM_PB.items()}
 _REASON_TO_PB = {r: getattr(common_pb2, f"EVENT_REASON_{r.name}") for r in EventReason}
 _TASK_FROM_PB = {getattr(pb, f"MAINTENANCE_TASK_{t.name}"): t for t in Task}
 _TASK_TO_PB = {t: v for v, t in _TASK_FROM_PB.items()}

@@ -43,11 +43,12 @@ PHASES: tuple[str, ...] = (
     "Reclaiming",
     "Idle",
     "Failed",
+    "Deleting",
 )
 # Phases in which the voice occupies (or is about to occupy) a provider slot.
-HOLDING_PHASES = frozenset({"Allocating", "Ready", "Reclaiming"})
+HOLDING_PHASES = frozenset({"Allocating", "Ready", "Reclaiming", "Deleting"})
 # Phases that come and go by themselves; a finalizer waits for them to settle.
-TRANSIENT_PHASES = frozenset({"Allocating", "Reclaiming"})
+TRANSIENT_PHASES = frozenset({"Allocating", "Reclaiming", "Deleting"})
 
 RECLAIM_REASONS = frozenset({"ReclaimedIdle", "ReclaimedForBacklog", "ReclaimedByAdmin"})
 # Allocator event reasons worth a Kubernetes event, and how loud. Leases come and go with

@@ -13,8 +13,14 @@ import pytest
 import yaml
 
 from tests.chart.chartkit import EXAMPLES_DIR
+from voiceslot.v1 import common_pb2
 
-PHASES = ["Registered", "Queued", "Allocating", "Ready", "Reclaiming", "Idle", "Failed"]
+# One phase per state of the wire contract, in its order: the CRD follows the proto.
+PHASES = [
+    value.name.removeprefix("VOICE_STATE_").capitalize()
+    for value in common_pb2.VoiceState.DESCRIPTOR.values
+    if value.number != 0
+]
 CONDITION_TYPES = ["Ready", "Stuck", "Drifted", "Reclaimed"]
 
 

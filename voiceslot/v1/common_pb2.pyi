@@ -38,6 +38,10 @@ class _VoiceStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_VoiceState
     """The remote voice was deleted; the sample is kept and the voice can be cloned again."""
     VOICE_STATE_FAILED: _VoiceState.ValueType  # 7
     """Allocation was dead-lettered; last_error says why. EnsureActiveVoice retries it."""
+    VOICE_STATE_DELETING: _VoiceState.ValueType  # 8
+    """Deleted by its owner; the remote copy is being deleted (the voice keeps its slot until
+    that is confirmed, then the voice is gone). EnsureActiveVoice answers FAILED_PRECONDITION.
+    """
 
 class VoiceState(_VoiceState, metaclass=_VoiceStateEnumTypeWrapper):
     """Lifecycle of a registered voice. The allocator is the only writer of this state.
@@ -46,6 +50,7 @@ class VoiceState(_VoiceState, metaclass=_VoiceStateEnumTypeWrapper):
                        \\          \\                                  ^
                         `-> FAILED `-> FAILED (dead-lettered)        |
       A FAILED or IDLE voice is queued again by the next EnsureActiveVoice.
+      DeleteVoice of a voice whose remote copy may exist: ... -> DELETING -> (gone).
     """
 
 VOICE_STATE_UNSPECIFIED: VoiceState.ValueType  # 0
@@ -63,6 +68,10 @@ VOICE_STATE_IDLE: VoiceState.ValueType  # 6
 """The remote voice was deleted; the sample is kept and the voice can be cloned again."""
 VOICE_STATE_FAILED: VoiceState.ValueType  # 7
 """Allocation was dead-lettered; last_error says why. EnsureActiveVoice retries it."""
+VOICE_STATE_DELETING: VoiceState.ValueType  # 8
+"""Deleted by its owner; the remote copy is being deleted (the voice keeps its slot until
+that is confirmed, then the voice is gone). EnsureActiveVoice answers FAILED_PRECONDITION.
+"""
 Global___VoiceState: _TypeAlias = VoiceState  # noqa: Y015
 
 class _EventReason:
