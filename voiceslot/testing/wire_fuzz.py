@@ -582,12 +582,26 @@ def build_request(
     """Request ``index`` of a run with ``seed``: the method (round robin over
     ``methods``), the message bytes, and the call metadata. Depends on nothing else, so a
     finding's (seed, index) replays it."""
-    rng = random.Random(f"{seed}:{index}")
     method = methods[index % len(methods)]
+    rng = random.Random(f"{seed}:{index}")
+    return method, *request_for(method, creds, rng, known=known, samples=samples)
+
+
+def request_for(
+    method: Method,
+    creds: Credentials,
+    rng: random.Random,
+    *,
+    known: tuple[str, ...] = (),
+    samples: tuple[bytes, ...] = (),
+) -> tuple[list[bytes], tuple[tuple[str, str], ...]]:
+    """One hostile request to ``method`` drawn from ``rng``: the message bytes (one, or a
+    client stream) and the call metadata. ``rng`` may be hypothesis's, which then shrinks
+    a failing request to a small one."""
     gen = Generator(rng, known=known, samples=samples)
     payloads = gen.stream(method.input) if method.client_streaming else [gen.wire(method.input)]
     case = rng.choices(CREDENTIAL_CASES, CREDENTIAL_WEIGHTS)[0]
-    return method, payloads, metadata_for(case, creds, rng)
+    return payloads, metadata_for(case, creds, rng)
 
 
 async def fuzz(
