@@ -79,7 +79,9 @@ class CandidateConfig:
     add_edit_reserve: int = 0
     """Evict nothing that would leave fewer add/edit operations than this."""
     stale_factor: float | None = 2.0
-    """Cap a voice's rate at this many requests per idle time (None: no cap)."""
+    """Cap a voice's rate at this many requests per idle time (None: no cap). Measured at
+    full size: 1.0 beats ARC on the drifting diurnal trace (1.223x vs 1.230x Belady) but
+    costs Zipf(1.0) 1.153x; 2.0 keeps Zipf(1.0) at 1.147x and leaves diurnal at 1.247x."""
 
 
 @dataclass(frozen=True)
