@@ -64,6 +64,7 @@ REQUEST_GIVE_UP_S = 45.0
 SETTLE_DEADLINE_S = 60.0
 """Quiescence: how long maintenance rounds may take to leave nothing in flight."""
 POLL_S = 0.15
+RESTART_ATTEMPTS = 3
 OPERATOR_PERIOD_S = 1.0
 MAINTENANCE_ROUND = ("expire_leases", "reset_stuck", "reconcile", "reclaim_idle")
 BUSY = ("ALLOCATING", "RECLAIMING")
@@ -330,8 +331,17 @@ class ScheduleRun:
 
         async def restart() -> None:
             await asyncio.sleep(step.restart_after_s)
-            replica.spawn()
-            await asyncio.to_thread(replica.wait_ready)
+            # As a supervisor would: a start that dies (e.g. its migration connection was
+            # terminated by a pg_drop step) is started again.
+            for attempt in range(1, RESTART_ATTEMPTS + 1):
+                replica.spawn()
+                try:
+                    await asyncio.to_thread(replica.wait_ready)
+                    return
+                except RuntimeError:
+                    if attempt == RESTART_ATTEMPTS:
+                        raise
+                    self.outcomes["replica start died, started again"] += 1
 
         self.restarts.append(asyncio.create_task(restart()))
 
