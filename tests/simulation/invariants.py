@@ -202,9 +202,13 @@ def check_leases(
     return violations
 
 
+IN_FLIGHT_STATES = ("ALLOCATING", "RECLAIMING", "DELETING")
+"""States that end by themselves: after quiescence, none is left in them."""
+
+
 def check_requests(requests: Iterable[RequestOutcome], rows: Iterable[VoiceRow]) -> list[Violation]:
     """Every request ended READY, QUEUED, FAILED with a reason (or with its voice
-    deleted); nothing is left ALLOCATING/RECLAIMING after quiescence."""
+    deleted); nothing is left in an in-flight state after quiescence."""
     violations = []
     for r in requests:
         if r.outcome == "failed" and not r.reason:
@@ -214,7 +218,7 @@ def check_requests(requests: Iterable[RequestOutcome], rows: Iterable[VoiceRow])
         elif r.outcome == "stuck":
             violations.append(Violation("stuck_requests", r.request, r.reason or "stuck"))
     for row in rows:
-        if row.state in ("ALLOCATING", "RECLAIMING"):
+        if row.state in IN_FLIGHT_STATES:
             violations.append(
                 Violation("stuck_requests", row.voice_id, f"{row.state} after quiescence")
             )

@@ -37,6 +37,7 @@ import grpc
 from tests.conftest import ADMIN_KEY, auth
 from tests.simulation.cluster import Cluster
 from tests.simulation.invariants import (
+    IN_FLIGHT_STATES,
     LeaseWindow,
     Observations,
     RemoteDelete,
@@ -67,7 +68,7 @@ POLL_S = 0.15
 RESTART_ATTEMPTS = 3
 OPERATOR_PERIOD_S = 1.0
 MAINTENANCE_ROUND = ("expire_leases", "reset_stuck", "reconcile", "reclaim_idle")
-BUSY = ("ALLOCATING", "RECLAIMING")
+BUSY = IN_FLIGHT_STATES
 _STATE_NAMES = {v: k.removeprefix("VOICE_STATE_") for k, v in common_pb2.VoiceState.items()}
 _TASKS = {
     "expire_leases": apb.MAINTENANCE_TASK_EXPIRE_LEASES,
