@@ -182,10 +182,11 @@ class Lifecycle:
         self, claim: Claim, label: str, exc: ProviderError, *, cloning: bool
     ) -> RemoteVoice | None:
         """After a failure whose outcome is unknown, the clone may have happened anyway:
-        look for it by its label. A clone that got no answer at all (a timeout, a
-        dropped connection) may still be running at the provider; if the label is not
-        there yet, wait ``clone_settle_s`` (holding the slot, the dispatch lease
-        renewed) and look once more, so that the retry does not clone a second copy."""
+        look for it by its label. A clone that failed transiently (no answer at all, or a
+        5xx, which a gateway can send after the backend created the voice) may still land
+        or not be listed yet; if the label is not there, wait ``clone_settle_s`` (holding
+        the slot, the dispatch lease renewed) and look once more, so that the retry does
+        not clone a second copy."""
         if not isinstance(exc, Transient):
             return None
         provider = self.providers[claim.provider]
@@ -204,9 +205,11 @@ class Lifecycle:
             return None
 
     def _may_land_late(self, exc: ProviderError, *, cloning: bool) -> bool:
-        """A clone request that got no HTTP answer may still complete at the provider (an
-        answered 5xx has a status code: the provider said what happened)."""
-        return cloning and exc.status_code is None and self.clone_settle_s > 0
+        """Whether a failed clone request may still show up at the provider: any
+        transient failure of it (only its caller knows ``exc`` is ``Transient``). A 5xx
+        is no proof that nothing happened — the fault schedules found a 502 after the
+        voice was created, retried into a second copy while the listing lagged."""
+        return cloning and self.clone_settle_s > 0
 
     async def _complete(
         self, claim: Claim, remote: RemoteVoice, *, adopted: bool, started_s: float

@@ -106,6 +106,33 @@ async def test_a_clone_that_lands_after_our_timeout_is_adopted_not_cloned_again(
     assert voice.provider_voice_id == ever[0].voice_id and ever[0].live
 
 
+async def test_a_5xx_after_the_provider_cloned_is_not_cloned_again_under_a_lagging_list(
+    serve_allocator: Callable, emulator: ProviderEmulator, sample_wav: bytes, tmp_path: Path
+):
+    """A 5xx does not prove that nothing happened: a gateway can fail after the backend
+    created the voice. With the listing a moment behind, the look-up right after the error
+    does not see it; the retry must not clone a second copy under the same label."""
+    config = emulator.provider_config("cartesia", name="fake")
+    adapter = build_provider(config, storage=LocalStorage(tmp_path / "engine"))
+    emulator.state.faults.set_list_lag(1.0)
+    emulator.state.faults.inject(Fault(FaultKind.ERROR_AFTER_WORK, op=Op.CLONE, status=502))
+    served: ServedAllocator = await serve_allocator(
+        capacity=2, fake=adapter, clone_settle_s=2.0, backoff_base_s=0.05
+    )
+    voice_id = await new_voice(served.allocator, sample_wav)
+    assert isinstance(await served.allocator.ensure_active(ADMIN, voice_id), Queued)
+
+    async def ready() -> bool:
+        return await state_of(served.allocator, voice_id) == VoiceState.READY
+
+    await until(ready, "the voice to become READY")
+    await until(lambda: dispatcher_idle(served.allocator), "the dispatcher to settle")
+    ever = [v for v in emulator.state.created_voices("cartesia") if voice_id in v.name]
+    assert len(ever) == 1, [(v.name, v.voice_id, v.live) for v in ever]
+    voice = await served.allocator.get_voice(ADMIN, voice_id)
+    assert voice.provider_voice_id == ever[0].voice_id and ever[0].live
+
+
 async def test_a_copy_the_listing_does_not_show_yet_is_not_called_gone(
     serve_allocator: Callable, sample_wav: bytes
 ):
