@@ -93,6 +93,11 @@ class Provider(Protocol):
         """The remote voice carrying ``label``, or None."""
         ...
 
+    async def exists(self, provider_voice_id: str) -> bool:
+        """Whether the remote voice exists, asked of the voice itself (read-your-writes),
+        not of a listing, which may lag behind creates and deletes."""
+        ...
+
     async def delete(self, provider_voice_id: str) -> None:
         """Delete a remote voice. Raises ``VoiceNotFound`` if it is already gone."""
         ...

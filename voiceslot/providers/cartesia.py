@@ -43,7 +43,7 @@ from voiceslot.providers.base import (
     RemoteVoice,
     SynthesisRequest,
 )
-from voiceslot.providers.errors import Fatal, ProviderError, Transient
+from voiceslot.providers.errors import Fatal, ProviderError, Transient, VoiceNotFound
 
 DEFAULT_BASE_URL = "https://api.cartesia.ai"
 DEFAULT_MODEL_ID = "sonic-3"
@@ -234,6 +234,18 @@ class CartesiaProvider(http.HttpAdapter):
             if label_prefix and not (remote.label or "").startswith(label_prefix):
                 continue
             yield remote
+
+    async def exists(self, provider_voice_id: str) -> bool:
+        try:
+            await self._send(
+                "GET",
+                f"/voices/{quote(provider_voice_id, safe='')}",
+                what="get",
+                voice_scoped=True,
+            )
+        except VoiceNotFound:
+            return False
+        return True
 
     async def delete(self, provider_voice_id: str) -> None:
         await self._send(

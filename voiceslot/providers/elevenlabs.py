@@ -41,6 +41,7 @@ from voiceslot.providers.errors import (
     Fatal,
     InvalidInput,
     ProviderError,
+    VoiceNotFound,
 )
 
 DEFAULT_BASE_URL = "https://api.elevenlabs.io"
@@ -246,6 +247,18 @@ class ElevenLabsProvider(http.HttpAdapter):
             if label_prefix and not (remote.label or "").startswith(label_prefix):
                 continue
             yield remote
+
+    async def exists(self, provider_voice_id: str) -> bool:
+        try:
+            await self._send(
+                "GET",
+                f"/v1/voices/{quote(provider_voice_id, safe='')}",
+                what="get",
+                voice_scoped=True,
+            )
+        except VoiceNotFound:
+            return False
+        return True
 
     async def delete(self, provider_voice_id: str) -> None:
         await self._send(

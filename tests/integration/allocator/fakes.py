@@ -64,6 +64,9 @@ class FakeProvider:
     async def find_by_label(self, label: str) -> RemoteVoice | None:
         return next((v for v in self.live.values() if v.label == label), None)
 
+    async def exists(self, provider_voice_id: str) -> bool:
+        return provider_voice_id in self.live
+
     async def delete(self, provider_voice_id: str) -> None:
         self.deletes += 1
         self.delete_started.set()

@@ -114,9 +114,14 @@ async def test_voices_made_by_hand_have_no_label_and_take_no_slot(
 async def test_delete_is_204_and_twice_is_not_found(
     cartesia: Provider, emu: ProviderEmulator, sample: Sample
 ) -> None:
+    emu.state.faults.set_list_lag(30.0)  # asked by id, a copy is seen whatever lists say
     voice_id = await clone(cartesia, sample, "vs-del-g1")
+    assert await cartesia.find_by_label("vs-del-g1") is None
+    assert await cartesia.exists(voice_id)
 
     await cartesia.delete(voice_id)
+
+    assert not await cartesia.exists(voice_id)
 
     assert emu.state.live_voices(CARTESIA) == []
     with pytest.raises(VoiceNotFound):

@@ -124,9 +124,14 @@ async def test_list_voices_filters_by_label_prefix(eleven: Provider, sample: Sam
 async def test_delete_removes_the_voice_and_twice_is_not_found(
     eleven: Provider, emu: ProviderEmulator, sample: Sample
 ) -> None:
+    emu.state.faults.set_list_lag(30.0)  # asked by id, a copy is seen whatever lists say
     voice_id = await clone(eleven, sample, "vs-del-g1")
+    assert await eleven.find_by_label("vs-del-g1") is None
+    assert await eleven.exists(voice_id)
 
     await eleven.delete(voice_id)
+
+    assert not await eleven.exists(voice_id)
 
     assert emu.state.live_voices(ELEVENLABS) == []
     assert await eleven.find_by_label("vs-del-g1") is None

@@ -170,6 +170,9 @@ class LocalProvider:
             return None  # a label that cannot be stored was never stored
         return _remote(label) if await self._storage.exists(key) else None
 
+    async def exists(self, provider_voice_id: str) -> bool:
+        return await self.find_by_label(provider_voice_id) is not None  # id and label are one
+
     async def delete(self, provider_voice_id: str) -> None:
         key = voice_key(provider_voice_id)
         self._voices.evict(provider_voice_id)
