@@ -16,9 +16,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 from alembic import command
 from alembic.config import Config as AlembicConfig
 from sqlalchemy import Connection, DateTime, MetaData, event, text
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.types import TypeDecorator
@@ -55,6 +57,35 @@ def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
         _configure_sqlite(engine)
         return engine
     return create_async_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+
+
+_CONNECTION_LOST = (
+    ConnectionError,
+    OSError,
+    asyncpg.PostgresConnectionError,  # SQLSTATE 08: the connection is gone
+    asyncpg.OperatorInterventionError,  # 57: terminated by an administrator, shutting down
+    asyncpg.InterfaceError,  # "connection is closed" on the client's side
+    asyncpg.InternalClientError,  # a connection left mid-protocol by a cut
+)
+
+
+def is_database_unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` says the database could not serve us just now, not that our
+    statement was wrong: a connection dropped or terminated (a failover, a restart,
+    ``pg_terminate_backend``), the pool's wait ran out, SQLite's lock wait ran out. The
+    caller may retry the same request: UNAVAILABLE, not INTERNAL (which means a bug)."""
+    if isinstance(exc, sa_exc.TimeoutError | sa_exc.OperationalError):
+        return True
+    if not isinstance(exc, sa_exc.DBAPIError):
+        return False
+    if exc.connection_invalidated:
+        return True
+    cause: BaseException | None = exc
+    while cause is not None:  # SQLAlchemy wraps the driver's error (in turn, for asyncpg)
+        if isinstance(cause, _CONNECTION_LOST):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
 
 
 def _configure_sqlite(engine: AsyncEngine) -> None:

@@ -22,6 +22,7 @@ from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from voiceslot import errors as e
+from voiceslot.db import is_database_unavailable
 from voiceslot.providers.errors import InvalidInput, ProviderError
 
 _CODES: list[tuple[type[Exception], grpc.StatusCode]] = [
@@ -47,7 +48,7 @@ def grpc_code(exc: Exception) -> grpc.StatusCode:
         # The provider refused what the caller sent (text, a language it does not speak):
         # the caller's to fix. UNAVAILABLE would tell it to retry the same request.
         return grpc.StatusCode.INVALID_ARGUMENT
-    if isinstance(exc, ProviderError):
+    if isinstance(exc, ProviderError) or is_database_unavailable(exc):
         return grpc.StatusCode.UNAVAILABLE
     return grpc.StatusCode.INTERNAL
 
