@@ -15,7 +15,14 @@ import random
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
+
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_random_exponential,
+)
 
 from allocator_svc.domain.breaker import BreakerPolicy, BreakerState, ProviderOutcome
 from allocator_svc.domain.retry import RetryPolicy
@@ -40,6 +47,9 @@ from voiceslot.storage.base import Storage
 from voiceslot.token_bucket import TokenBucket
 
 log = get_logger(__name__)
+
+DELETE_ATTEMPTS = 3
+"""Tries of one remote delete before it is left to a later sweep."""
 
 TEST_KILL_AFTER_CLONE_ENV = "VOICESLOT_TESTONLY_SIGKILL_AFTER_CLONE"
 """TEST ONLY. Set to "1" and the process SIGKILLs itself right after a provider's clone
@@ -123,7 +133,7 @@ class Lifecycle:
         label = self.label(claim)
         started = self.clock.now()
         adopted = False
-        cloning = False
+        clone_sent_at = None
         try:
             with telemetry.span("provider.find_by_label", provider=claim.provider, label=label):
                 remote = await provider.find_by_label(label)
@@ -133,7 +143,7 @@ class Lifecycle:
                     sample = await self.storage.get(
                         claim.sample_key, max_bytes=self.sample_max_bytes
                     )
-                cloning = True
+                clone_sent_at = self.clock.now()
                 with telemetry.span("provider.clone", provider=claim.provider, label=label):
                     remote = await provider.clone(
                         CloneRequest(label=label, sample=sample, language=claim.language)
@@ -144,7 +154,7 @@ class Lifecycle:
             # retrying cannot shrink it.
             return await self._fail(claim, Fatal(f"sample {exc}"))
         except ProviderError as exc:
-            remote = await self._adopt_after_failure(claim, label, exc, cloning=cloning)
+            remote = await self._adopt_after_failure(claim, label, exc, clone_sent_at=clone_sent_at)
             adopted = remote is not None
             if remote is None:
                 await self.record(claim.provider, exc)
@@ -179,37 +189,40 @@ class Lifecycle:
                 )
 
     async def _adopt_after_failure(
-        self, claim: Claim, label: str, exc: ProviderError, *, cloning: bool
+        self, claim: Claim, label: str, exc: ProviderError, *, clone_sent_at: datetime | None
     ) -> RemoteVoice | None:
         """After a failure whose outcome is unknown, the clone may have happened anyway:
-        look for it by its label. A clone that failed transiently (no answer at all, or a
-        5xx, which a gateway can send after the backend created the voice) may still land
-        or not be listed yet; if the label is not there, wait ``clone_settle_s`` (holding
-        the slot, the dispatch lease renewed) and look once more, so that the retry does
-        not clone a second copy."""
+        look for it by its label.
+
+        A clone that failed transiently (no answer at all, or a 5xx, which a gateway can
+        send after the backend created the voice) may still land, or be listed late. Until
+        ``clone_settle_s`` after it was sent, cloning the label again could make a second
+        copy — so the claim is held that long (its slot kept, its dispatch lease renewed),
+        whether or not the look-ups answer, and the label looked up once more. A retry
+        therefore never clones while an earlier clone of the label may still land: the
+        fault schedules found a look-up that failed right after a clone's timeout, a quick
+        retry that cloned again, and both copies live.
+        """
         if not isinstance(exc, Transient):
             return None
-        provider = self.providers[claim.provider]
-        try:
-            remote = await provider.find_by_label(label)
-            if remote is not None or not self._may_land_late(exc, cloning=cloning):
-                return remote
-            now = self.clock.now()
-            until = now + timedelta(seconds=self.clone_settle_s) + self.allocation_timeout
-            if not await self.repo.extend_claim(claim, until, now):
-                return None  # fenced off meanwhile: whoever took over looks it up
-            log.info("clone answer lost; waiting for it to land", voice=claim.voice_id)
-            await asyncio.sleep(self.clone_settle_s)
-            return await provider.find_by_label(label)
-        except ProviderError:
-            return None
+        remote = await self._find(claim.provider, label)
+        if remote is not None or clone_sent_at is None or self.clone_settle_s <= 0:
+            return remote
+        landed_by = clone_sent_at + timedelta(seconds=self.clone_settle_s)
+        now = self.clock.now()
+        if not await self.repo.extend_claim(claim, landed_by + self.allocation_timeout, now):
+            return None  # fenced off meanwhile: whoever took over looks it up
+        log.info("clone answer lost; waiting for it to land", voice=claim.voice_id)
+        await asyncio.sleep(max(0.0, (landed_by - now).total_seconds()))
+        return await self._find(claim.provider, label)
 
-    def _may_land_late(self, exc: ProviderError, *, cloning: bool) -> bool:
-        """Whether a failed clone request may still show up at the provider: any
-        transient failure of it (only its caller knows ``exc`` is ``Transient``). A 5xx
-        is no proof that nothing happened — the fault schedules found a 502 after the
-        voice was created, retried into a second copy while the listing lagged."""
-        return cloning and self.clone_settle_s > 0
+    async def _find(self, provider: str, label: str) -> RemoteVoice | None:
+        """The remote voice with ``label``, or None: absent, or the look-up failed."""
+        try:
+            return await self.providers[provider].find_by_label(label)
+        except ProviderError as exc:
+            log.warning("look-up by label failed", provider=provider, error=str(exc))
+            return None
 
     async def _complete(
         self, claim: Claim, remote: RemoteVoice, *, adopted: bool, started_s: float
@@ -246,7 +259,7 @@ class Lifecycle:
         if fate == LateCopy.KEEP:
             return AllocationOutcome(claim.voice_id, None)
         try:
-            await self.providers[claim.provider].delete(remote.provider_voice_id)
+            await self.delete_remote(claim.provider, remote.provider_voice_id)
         except ProviderError as exc:
             log.warning("orphan delete failed; reconciliation will retry", error=str(exc))
         return AllocationOutcome(claim.voice_id, None)
@@ -274,15 +287,27 @@ class Lifecycle:
         return AllocationOutcome(claim.voice_id, state, error)
 
     async def reclaim(self, target: ReclaimTarget) -> bool:
-        """Delete the remote copy; the voice becomes IDLE (or READY again if that failed)."""
-        provider = self.providers[target.provider]
+        """Delete the remote copy; the voice becomes IDLE once the copy is confirmed gone.
+
+        A delete that failed transiently (no answer, a 5xx) may have happened anyway, or
+        may still land late: the voice must not go back to READY on a copy that may be
+        gone. Deleting is idempotent (a copy already gone answers VoiceNotFound), so it is
+        retried a few times; if it still has no answer, the voice stays RECLAIMING,
+        holding its slot, and the stuck-reclaim sweep deletes again later. Only a
+        provider's definite refusal puts the voice back to READY.
+        """
         failure: ProviderError | None = None
         try:
-            with telemetry.span("provider.delete", provider=target.provider):
-                await provider.delete(target.provider_voice_id)
+            await self.delete_remote(target.provider, target.provider_voice_id)
             deleted, error = True, ""
-        except VoiceNotFound:
-            deleted, error = True, ""
+        except Transient as exc:
+            await self.record(target.provider, exc)
+            log.warning(
+                "reclaim: remote delete unconfirmed; the voice stays RECLAIMING",
+                voice=target.voice_id,
+                error=str(exc),
+            )
+            return False
         except ProviderError as exc:
             deleted, error = False, f"{type(exc).__name__}: {exc.message}"
             failure = exc
@@ -292,6 +317,24 @@ class Lifecycle:
         if deleted:
             telemetry.RECLAIMS.labels(target.provider, target.reason.value).inc()
         return deleted
+
+    async def delete_remote(self, provider_name: str, provider_voice_id: str) -> None:
+        """Delete one remote copy; a copy already gone counts as deleted. Transient
+        failures are retried (a delete is idempotent) with a short backoff, the answer
+        of the last attempt raised."""
+        provider = self.providers[provider_name]
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(Transient),
+            stop=stop_after_attempt(DELETE_ATTEMPTS),
+            wait=wait_random_exponential(multiplier=0.2, max=2.0),
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt, telemetry.span("provider.delete", provider=provider_name):
+                    await provider.delete(provider_voice_id)
+        except VoiceNotFound:
+            pass
 
     async def finish_delete(self, deletion: Deletion) -> bool:
         """Delete a DELETING voice's remote copy, then its row. False: not now (the
@@ -307,10 +350,7 @@ class Lifecycle:
                 found = await provider.find_by_label(label)
                 remote_id = found.provider_voice_id if found else None
             if remote_id is not None:
-                with telemetry.span("provider.delete", provider=deletion.provider):
-                    await provider.delete(remote_id)
-        except VoiceNotFound:
-            pass
+                await self.delete_remote(deletion.provider, remote_id)
         except ProviderError as exc:
             await self.record(deletion.provider, exc)
             log.warning(

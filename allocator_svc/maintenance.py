@@ -7,8 +7,9 @@ through the RunMaintenance admin RPC (which the operator drives).
   whose lease is live: its dispatcher may still complete it); reclaims left half done
   (RECLAIMING for longer than an allocation may take) are finished; deletions left half
   done (DELETING: the remote delete failed or its replica went away) are finished.
-- reconcile: remote voices carrying our label prefix that no row explains are deleted;
-  READY voices whose remote copy vanished become IDLE.
+- reconcile: remote voices carrying our label prefix that no voice can own are deleted
+  (the same rule as for a fenced-off allocation's late copy); READY voices whose remote
+  copy is neither listed nor found by its id become IDLE.
 - reclaim idle: READY voices unused past the idle threshold are reclaimed, but only at
   providers with requests waiting, through the same reclaim decision the dispatcher uses
   (reclaims in flight count, the add/edit budget is respected).
@@ -23,7 +24,7 @@ from datetime import timedelta
 from enum import StrEnum
 
 from allocator_svc.domain.reclaim import ReclaimPolicy
-from allocator_svc.domain.states import EventReason
+from allocator_svc.domain.states import EventReason, LateCopy, VoiceSeen, late_copy_fate
 from allocator_svc.lifecycle import Lifecycle
 from allocator_svc.records import Claim
 from allocator_svc.repository import AllocatorRepository
@@ -31,6 +32,7 @@ from voiceslot import telemetry
 from voiceslot.config import AllocatorConfig
 from voiceslot.errors import FailedPrecondition
 from voiceslot.logs import get_logger
+from voiceslot.providers.base import RemoteVoice
 from voiceslot.providers.errors import ProviderError
 
 log = get_logger(__name__)
@@ -136,7 +138,13 @@ class Maintenance:
             return await self.repo.complete_allocation(
                 claim, remote.provider_voice_id, now, adopted=True, lease_expired_by=now
             )
-        retry_at = None if claim.attempts >= self.config.max_attempts else now
+        # Not there (yet): the stuck dispatcher may have sent a clone whose copy is still
+        # to land, so the retry waits the settle time before it looks and clones again.
+        retry_at = (
+            None
+            if claim.attempts >= self.config.max_attempts
+            else now + timedelta(seconds=self.config.clone_settle_s)
+        )
         state = await self.repo.fail_allocation(
             claim,
             "allocation stuck past its timeout; reset",
@@ -154,54 +162,70 @@ class Maintenance:
 
     async def reconcile(self, provider: str = "") -> TaskResult:
         result = TaskResult(Task.RECONCILE)
-        prefix = self.config.label_prefix
         for name in self._providers(provider):
             adapter = self.lifecycle.providers[name]
             # Order matters against allocations running meanwhile. READY voices are read
             # before the listing: one that turns READY after it is listed would otherwise
-            # look like its copy vanished. Known labels are read after it: a clone claimed
+            # look like its copy vanished. The owners are read after it: a clone claimed
             # (its generation recorded) and made after our read would look like an orphan.
             ready = await self.repo.ready_voices(name)
             try:
-                remote = [v async for v in adapter.list_voices(label_prefix=prefix)]
+                remote = [
+                    v async for v in adapter.list_voices(label_prefix=self.config.label_prefix)
+                ]
             except ProviderError as exc:
                 result.errors.append(f"{name}: {exc.message}")
                 continue
-            known = await self.repo.known_labels(name)
+            owners = await self.repo.voices_seen(name)
             await self._record_budget(name, result)
             result.examined += len(remote) + len(ready)
-            remote_ids = {v.provider_voice_id for v in remote}
-            ready_remote = {v.provider_voice_id for v in ready}
             for rv in remote:
-                parsed = parse_label(prefix, rv.label)
-                if parsed is None or parsed in known or rv.provider_voice_id in ready_remote:
-                    continue
-                try:
-                    await adapter.delete(rv.provider_voice_id)
-                    result.changed.append(parsed[0])
-                    log.info(
-                        "deleted orphan remote voice",
-                        provider=name,
-                        remote=rv.provider_voice_id,
-                        reason=EventReason.DRIFT_ORPHAN_DELETED.value,
-                    )
-                except ProviderError as exc:
-                    result.errors.append(f"{name}: delete {rv.provider_voice_id}: {exc.message}")
-            listed_by = self.clock.now() - timedelta(seconds=self.config.clone_settle_s)
+                await self._delete_if_orphan(name, rv, owners, result)
+            listed = {v.provider_voice_id for v in remote}
             for voice in ready:
-                # A provider's listing may lag behind its creates: a copy made (and the
-                # voice made READY) within the settle time may not be listed yet, and
-                # calling it gone would clone a second copy beside it.
-                vanished = (
-                    bool(voice.provider_voice_id)
-                    and voice.provider_voice_id not in remote_ids
-                    and voice.state_changed_at <= listed_by
-                )
-                if vanished and await self.repo.mark_remote_missing(
-                    voice.id, voice.provider_voice_id or "", self.clock.now()
-                ):
-                    result.changed.append(voice.id)
+                if voice.provider_voice_id and voice.provider_voice_id not in listed:
+                    await self._check_vanished(name, voice.id, voice.provider_voice_id, result)
         return result
+
+    async def _delete_if_orphan(
+        self, name: str, rv: RemoteVoice, owners: dict[str, VoiceSeen], result: TaskResult
+    ) -> None:
+        """Delete a listed copy of ours that no voice can own: the rule a fenced-off
+        allocation's late copy goes by (no voice, a label moved on, a voice being deleted,
+        or a second copy beside the one a voice holds)."""
+        parsed = parse_label(self.config.label_prefix, rv.label)
+        if parsed is None:
+            return
+        voice_id, generation = parsed
+        if late_copy_fate(owners.get(voice_id), generation, rv.provider_voice_id) == LateCopy.KEEP:
+            return
+        try:
+            await self.lifecycle.delete_remote(name, rv.provider_voice_id)
+        except ProviderError as exc:
+            result.errors.append(f"{name}: delete {rv.provider_voice_id}: {exc.message}")
+            return
+        result.changed.append(voice_id)
+        log.info(
+            "deleted orphan remote voice",
+            provider=name,
+            remote=rv.provider_voice_id,
+            reason=EventReason.DRIFT_ORPHAN_DELETED.value,
+        )
+
+    async def _check_vanished(
+        self, name: str, voice_id: str, provider_voice_id: str, result: TaskResult
+    ) -> None:
+        """A READY voice's copy missing from the listing is asked for by id before the
+        voice is called IDLE: a listing may lag behind creates, and calling a copy gone
+        that is not would clone a second one beside it."""
+        try:
+            if await self.lifecycle.providers[name].exists(provider_voice_id):
+                return
+        except ProviderError as exc:
+            result.errors.append(f"{name}: get {provider_voice_id}: {exc.message}")
+            return
+        if await self.repo.mark_remote_missing(voice_id, provider_voice_id, self.clock.now()):
+            result.changed.append(voice_id)
 
     async def _record_budget(self, name: str, result: TaskResult) -> None:
         """Store the provider's remaining clone budget (ElevenLabs' monthly add/edit cap),

@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from allocator_svc.domain.reclaim import ProviderPressure, ReclaimPolicy, SlotCandidate
-from allocator_svc.domain.states import EventReason
+from allocator_svc.domain.states import EventReason, VoiceSeen, VoiceState
 from allocator_svc.models import ProviderRow, VoiceRow
 from allocator_svc.records import ReclaimTarget, Voice
 from allocator_svc.repository._base import RepositoryBase, S, record, transition
@@ -142,11 +142,17 @@ class SlotsRepository(RepositoryBase):
             )
             return [record(r) for r in (await s.execute(q)).scalars().all()]
 
-    async def known_labels(self, provider: str) -> set[tuple[str, int]]:
-        """(voice id, generation) of every voice at ``provider`` that may own a remote copy."""
+    async def voices_seen(self, provider: str) -> dict[str, VoiceSeen]:
+        """Every voice at ``provider`` as far as the ownership of remote copies goes (see
+        ``domain.states.late_copy_fate``), by voice id."""
         async with self._sessions() as s:
-            q = select(VoiceRow.id, VoiceRow.generation).where(VoiceRow.provider == provider)
-            return set((await s.execute(q)).all())
+            q = select(
+                VoiceRow.id, VoiceRow.state, VoiceRow.generation, VoiceRow.provider_voice_id
+            ).where(VoiceRow.provider == provider)
+            return {
+                voice_id: VoiceSeen(VoiceState(state), generation, remote_id)
+                for voice_id, state, generation, remote_id in (await s.execute(q)).all()
+            }
 
     async def mark_remote_missing(
         self, voice_id: str, provider_voice_id: str, now: datetime
