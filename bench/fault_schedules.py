@@ -49,8 +49,8 @@ from rich.progress import (  # noqa: E402
 )
 
 from tests.simulation.cluster import CODE_DIR_ENV  # noqa: E402
-from tests.simulation.runner import RunResult, run_session  # noqa: E402
 from tests.simulation.schedule import Topology, generate  # noqa: E402
+from tests.simulation.session import RunResult, run_session  # noqa: E402
 from tests.simulation.summary import Session, Summary, plan, replay_command  # noqa: E402
 
 PG_SERVER = os.environ.get("VOICESLOT_TEST_PG", "postgresql://postgres@127.0.0.1:5432")

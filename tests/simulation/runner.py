@@ -28,14 +28,13 @@ import json
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import grpc
 
-from tests.conftest import ADMIN_KEY, auth
+from tests.simulation.clients import CALL_DEADLINE_S, CALL_TIMEOUT_S, Clients
 from tests.simulation.cluster import Cluster
+from tests.simulation.evidence import gather_evidence, state_name
 from tests.simulation.invariants import (
     IN_FLIGHT_STATES,
     LeaseWindow,
@@ -45,21 +44,13 @@ from tests.simulation.invariants import (
     RequestOutcome,
     Violation,
     VoiceRow,
-    check,
 )
 from tests.simulation.schedule import LIST_LAG_SPAN_S, Schedule, Step
 from tests.support import register_requests
 from voiceslot.testing.emulator import Fault, FaultKind, Op
 from voiceslot.testing.samples import make_sample_wav
 from voiceslot.v1 import allocator_pb2 as apb
-from voiceslot.v1 import allocator_pb2_grpc, common_pb2
 
-MD = auth(ADMIN_KEY)
-CALL_TIMEOUT_S = 10.0
-"""One RPC on a loaded machine; a replica that does not answer in this long is treated as
-gone and the call goes to another."""
-CALL_DEADLINE_S = 60.0
-"""All tries of one logical call (a replica being restarted takes ~15 s here)."""
 REQUEST_GIVE_UP_S = 45.0
 """After the schedule ends, how long a user request may still take to settle."""
 SETTLE_DEADLINE_S = 60.0
@@ -69,15 +60,13 @@ RESTART_ATTEMPTS = 3
 OPERATOR_PERIOD_S = 1.0
 MAINTENANCE_ROUND = ("expire_leases", "reset_stuck", "reconcile", "reclaim_idle")
 BUSY = IN_FLIGHT_STATES
-_STATE_NAMES = {v: k.removeprefix("VOICE_STATE_") for k, v in common_pb2.VoiceState.items()}
 _TASKS = {
     "expire_leases": apb.MAINTENANCE_TASK_EXPIRE_LEASES,
     "reset_stuck": apb.MAINTENANCE_TASK_RESET_STUCK,
     "reconcile": apb.MAINTENANCE_TASK_RECONCILE,
     "reclaim_idle": apb.MAINTENANCE_TASK_RECLAIM_IDLE,
 }
-_RETRY_ELSEWHERE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
-_FAULTS = {
+EMULATOR_FAULTS = {
     "hang_late_success": FaultKind.HANG,
     "lost_response": FaultKind.LOST_RESPONSE,
     "error_after_work": FaultKind.ERROR_AFTER_WORK,
@@ -89,90 +78,10 @@ T = TypeVar("T")
 
 
 def schedule_kind(fault: Fault) -> str:
-    """The schedule's name for an emulator fault (the inverse of ``_FAULTS``)."""
+    """The schedule's name for an emulator fault (the inverse of ``EMULATOR_FAULTS``)."""
     if fault.kind == FaultKind.SERVER_ERROR and fault.op == Op.DELETE:
         return "delete_failed"
-    return next(k for k, v in _FAULTS.items() if v == fault.kind)
-
-
-def state_name(value: int) -> str:
-    return _STATE_NAMES.get(value, str(value))
-
-
-@dataclass
-class RunResult:
-    """What one schedule did and what the checks found."""
-
-    schedule: Schedule
-    violations: list[Violation]
-    injections: Counter[str] = field(default_factory=Counter)
-    """Faults injected, by kind (kills count only when a live replica was killed)."""
-    hits: Counter[str] = field(default_factory=Counter)
-    """Faults that struck a request (an emulator fault no request matched before the
-    schedule ended is injected but not hit); kills, pg drops and list lag always hit."""
-    outcomes: Counter[str] = field(default_factory=Counter)
-    rpc_errors: Counter[str] = field(default_factory=Counter)
-    leftover_remote: int = 0
-    """Remote voices the cleanup had to remove at the emulator itself."""
-    elapsed_s: float = 0.0
-    evidence: dict[str, list[str]] = field(default_factory=dict)
-    """Per voice named in a violation: what the provider did to it and what the allocator
-    recorded (its voice events), on one timeline relative to the schedule's start."""
-
-    def __repr__(self) -> str:  # short: pytest prints it beside every failure
-        return (
-            f"RunResult(seed={self.schedule.seed}, topology={self.schedule.topology}, "
-            f"violations={len(self.violations)})"
-        )
-
-
-class Clients:
-    """gRPC stubs for the cluster's live replicas; a call meeting a dead replica tries
-    the next live one, as a client configured with every replica's address would."""
-
-    def __init__(self, cluster: Cluster) -> None:
-        self.cluster = cluster
-        self._channels: dict[str, grpc.aio.Channel] = {}
-        self.errors: Counter[str] = Counter()
-
-    def stub(self, target: str) -> allocator_pb2_grpc.AllocatorServiceStub:
-        if target not in self._channels:
-            self._channels[target] = grpc.aio.insecure_channel(target)
-        return allocator_pb2_grpc.AllocatorServiceStub(self._channels[target])
-
-    async def call(
-        self, method: str, request: Any, *, replica: int = 0, deadline_s: float = CALL_DEADLINE_S
-    ) -> Any:
-        """``method`` on replica ``replica`` (or the next live one); raises the last
-        RpcError once ``deadline_s`` has passed, or at once for answers that are final."""
-        deadline = time.monotonic() + deadline_s
-        attempt = 0
-        while True:
-            targets = self._targets_from(replica + attempt)
-            attempt += 1
-            if targets:
-                try:
-                    rpc = getattr(self.stub(targets[0]), method)
-                    if callable(request):  # streaming requests are made fresh per try
-                        return await rpc(request(), metadata=MD, timeout=CALL_TIMEOUT_S)
-                    return await rpc(request, metadata=MD, timeout=CALL_TIMEOUT_S)
-                except grpc.aio.AioRpcError as exc:
-                    self.errors[f"{method}:{exc.code().name}"] += 1
-                    if exc.code() not in _RETRY_ELSEWHERE or time.monotonic() > deadline:
-                        raise
-            elif time.monotonic() > deadline:
-                raise TimeoutError(f"{method}: no live replica within {deadline_s:.0f}s")
-            await asyncio.sleep(min(0.2 * attempt, 1.0))
-
-    def _targets_from(self, start: int) -> list[str]:
-        replicas = self.cluster.replicas
-        order = [replicas[(start + i) % len(replicas)] for i in range(len(replicas))]
-        return [r.target for r in order if r.alive]
-
-    async def close(self) -> None:
-        for channel in self._channels.values():
-            await channel.close()
-        self._channels.clear()
+    return next(k for k, v in EMULATOR_FAULTS.items() if v == fault.kind)
 
 
 class ScheduleRun:
@@ -301,10 +210,10 @@ class ScheduleRun:
                 self.state.faults.set_list_lag(step.lag_s)
                 self.injections["list_lag"] += 1
                 self.lag_resets.append(asyncio.create_task(self._end_lag()))
-            case kind if kind in _FAULTS:
+            case kind if kind in EMULATOR_FAULTS:
                 self.state.faults.inject(
                     Fault(
-                        _FAULTS[kind],
+                        EMULATOR_FAULTS[kind],
                         op=Op(step.op),
                         provider=step.provider,
                         times=step.times,
@@ -597,79 +506,13 @@ class ScheduleRun:
         )
 
     async def evidence(self, violations: list[Violation]) -> dict[str, list[str]]:
-        """For each voice named in a violation, the provider's creates/deletes and the
-        allocator's events of it; for an account over capacity, its create/delete timeline
-        beside the schedule's faults, and the histories of the voices it held at the first
-        instant over. One timeline: seconds from the schedule's start."""
-        voices = {v.subject for v in violations if v.subject.startswith("v_")}
-        accounts = {v.subject for v in violations if v.invariant == "over_capacity"}
-        if not voices and not accounts:
-            return {}
-        truth = await asyncio.to_thread(self.truth)
-        # The allocator's timestamps are wall-clock; the emulator's events carry both.
-        wall_start = time.time() - (time.monotonic() - self.started_at)
-        found: dict[str, list[tuple[float, str]]] = {}
-        for spec in self.schedule.providers:
-            if spec.name in accounts:
-                found[spec.name] = self._account_timeline(spec, truth["events"], wall_start, voices)
-        for voice in voices:
-            found[voice] = [
-                (
-                    e["wall"] - wall_start,
-                    f"provider {e['kind']} {e['name']} ({e['remote_id']}), "
-                    f"{e['voice_live_after']} live after",
-                )
-                for e in truth["events"]
-                if e["voice_id"] == voice
-            ]
-            with contextlib.suppress(grpc.aio.AioRpcError, TimeoutError):
-                answer = await self.clients.call(
-                    "ListVoiceEvents", apb.ListVoiceEventsRequest(voice_id=voice, page_size=200)
-                )
-                for ev in answer.events:
-                    reason = common_pb2.EventReason.Name(ev.reason).removeprefix("EVENT_REASON_")
-                    found[voice].append(
-                        (
-                            ev.occurred_at.seconds + ev.occurred_at.nanos / 1e9 - wall_start,
-                            f"allocator {reason} {state_name(ev.from_state)}->"
-                            f"{state_name(ev.to_state)} {ev.message}".rstrip(),
-                        )
-                    )
-        return {
-            v: [f"t{t:+7.2f}s {line}" for t, line in sorted(lines)] for v, lines in found.items()
-        }
-
-    def _account_timeline(
-        self, spec: Any, events: list[dict[str, Any]], wall_start: float, voices: set[str]
-    ) -> list[tuple[float, str]]:
-        """An account's creates/deletes with its live count, the schedule's faults beside
-        them; adds to ``voices`` the voices it held at its first instant over capacity."""
-        lines: list[tuple[float, str]] = [
-            (s.at, f"step {s.describe().split(' ', 1)[1]}")
-            for s in self.schedule.steps
-            if s.action not in ("ensure", "register", "pin")
-        ]
-        live: dict[str, str] = {}
-        over_seen = False
-        for e in events:
-            if (e["provider"], e["account"]) != (spec.kind, spec.api_key):
-                continue
-            if e["kind"] == "create":
-                live[e["remote_id"]] = e["voice_id"] or e["name"]
-            else:
-                live.pop(e["remote_id"], None)
-            over = e["account_live_after"] > spec.capacity
-            if over and not over_seen:
-                over_seen = True
-                voices.update(v for v in live.values() if v.startswith("v_"))
-            lines.append(
-                (
-                    e["wall"] - wall_start,
-                    f"provider {e['kind']} {e['name']}: {e['account_live_after']}/"
-                    f"{spec.capacity} live{'  <-- OVER' if over else ''}",
-                )
-            )
-        return lines
+        return await gather_evidence(
+            violations,
+            schedule=self.schedule,
+            clients=self.clients,
+            truth=self.truth,
+            started_at=self.started_at,
+        )
 
     async def cleanup(self) -> int:
         """Leave nothing for the next schedule: delete every voice, reconcile, remove what
@@ -714,60 +557,3 @@ async def wait_all(tasks: list[asyncio.Task[Any]], timeout_s: float, what: str) 
             raise RuntimeError(f"while waiting for {what}: {exc!r}") from exc
     if pending:
         raise TimeoutError(f"{len(pending)} of {len(tasks)} {what}: not done in {timeout_s:.0f}s")
-
-
-async def run_schedule(schedule: Schedule, cluster: Cluster) -> RunResult:
-    """Play ``schedule`` on ``cluster``, check it, clean up after it."""
-    started = time.monotonic()
-    clients = Clients(cluster)
-    run = ScheduleRun(schedule, cluster, clients)
-    try:
-        await run.play()
-        observations = await run.observe()
-        violations = [*check(observations), *run.leased_missing]
-        evidence = await run.evidence(violations)
-        leftover = await run.cleanup()
-    finally:
-        await clients.close()
-    return RunResult(
-        schedule=schedule,
-        violations=violations,
-        injections=run.injections,
-        # Kills, dropped connections and list lag strike whenever they are made; a kill
-        # fired at the very end is counted once it is done, hence here.
-        hits=run.hits + Counter({k: n for k, n in run.injections.items() if k not in _FAULTS}),
-        outcomes=run.outcomes,
-        rpc_errors=clients.errors,
-        leftover_remote=leftover,
-        elapsed_s=time.monotonic() - started,
-        evidence=evidence,
-    )
-
-
-Runner = Callable[[Schedule, Cluster], Awaitable[RunResult]]
-
-
-async def run_session(
-    topology: Any,
-    seeds: list[int],
-    workdir: Any,
-    pg_admin: str | None,
-    *,
-    on_result: Callable[[RunResult], None] | None = None,
-) -> list[RunResult]:
-    """Schedules ``seeds`` one after another on one cluster of ``topology`` (starting
-    processes costs ~15 s each on a loaded machine, so a cluster serves several)."""
-    from tests.simulation.cluster import running_cluster
-    from tests.simulation.schedule import generate
-
-    results: list[RunResult] = []
-    first = generate(seeds[0], topology)
-    with running_cluster(first, workdir, pg_admin) as cluster:
-        for seed in seeds:
-            schedule = generate(seed, topology)
-            cluster.schedule = schedule
-            result = await run_schedule(schedule, cluster)
-            results.append(result)
-            if on_result is not None:
-                on_result(result)
-    return results

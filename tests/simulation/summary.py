@@ -17,7 +17,7 @@ from tests.simulation.invariants import INVARIANTS
 from tests.simulation.schedule import FAULT_KINDS, Topology, topology_for
 
 if TYPE_CHECKING:
-    from tests.simulation.runner import RunResult
+    from tests.simulation.session import RunResult
 
 
 @dataclass(frozen=True)

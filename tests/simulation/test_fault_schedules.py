@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from tests.simulation.invariants import INVARIANTS, Violation
-from tests.simulation.runner import RunResult, run_session
 from tests.simulation.schedule import Topology
+from tests.simulation.session import RunResult, run_session
 from tests.simulation.summary import replay_command
 
 SEEDS = tuple(int(s) for s in os.environ.get("VOICESLOT_SIM_SEEDS", "1,2").split(","))

@@ -181,7 +181,7 @@ def test_plans_cover_every_seed_once_with_some_sessions_on_sqlite() -> None:
 
 def test_the_summary_counts_kills_faults_and_violations_per_invariant() -> None:
     from tests.simulation.invariants import Violation
-    from tests.simulation.runner import RunResult
+    from tests.simulation.session import RunResult
     from tests.simulation.summary import Summary
 
     topology = topology_for(1, "postgres")
