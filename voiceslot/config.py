@@ -153,6 +153,9 @@ class AllocatorConfig(BaseModel):
     """Built-in maintenance loop period; None when the operator drives maintenance."""
     idle_reclaim_after_s: float = Field(default=900.0, gt=0)
     """A READY voice unused this long may be reclaimed when its provider has backlog."""
+    gauge_interval_s: float | None = Field(default=15.0, gt=0)
+    """How often the allocator refreshes its state gauges (backlog, slots, breaker, stuck
+    allocations, add/edit budget) from the database; None: only when ListProviders runs."""
 
 
 class SynthConfig(BaseModel):
@@ -202,6 +205,13 @@ class Settings(BaseSettings):
     log_format: Literal["json", "console"] = "json"
     shutdown_grace_s: float = Field(default=30.0, ge=0)
     """On SIGTERM, in-flight calls get this long to finish."""
+    migrate_on_start: bool = True
+    """Bring each service's database schema to head at start-up (the embedded default).
+    False: a separate step migrates (``voiceslot migrate``, the Helm chart's Job), and a
+    service only waits, up to ``schema_wait_s``, for the schema its code needs."""
+    schema_wait_s: float = Field(default=300.0, gt=0)
+    """With ``migrate_on_start`` off: how long a starting service waits for its schema
+    before it fails (and Kubernetes restarts it)."""
     default_provider: str = "local"
     providers: tuple[ProviderConfig, ...] = (ProviderConfig(name="local", kind="local"),)
     storage: StorageConfig = StorageConfig()

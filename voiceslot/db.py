@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -150,6 +151,93 @@ async def upgrade_to_head(script_location: Path, url: str, *, version_table: str
                 await conn.commit()
     finally:
         await engine.dispose()
+
+
+class SchemaNotReady(RuntimeError):
+    """The database's schema did not reach the version this code needs in time."""
+
+
+async def schema_status(script_location: Path, url: str, *, version_table: str) -> str | None:
+    """None when the database's schema serves this code, else why not (for the log).
+
+    It serves when it is at this code's head, and also when it is at a revision this
+    code does not know: a newer release migrated it (a ``helm rollback`` runs no
+    migration; migrations are expand/contract, so the older code keeps working)."""
+    from alembic.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+    from alembic.util import CommandError
+
+    script = ScriptDirectory.from_config(
+        alembic_config(script_location, url, version_table=version_table)
+    )
+    heads = set(script.get_heads())
+    engine = create_engine(url, pool_size=1)
+    try:
+        async with engine.connect() as conn:
+            current = set(
+                await conn.run_sync(
+                    lambda sync: MigrationContext.configure(
+                        sync, opts={"version_table": version_table}
+                    ).get_current_heads()
+                )
+            )
+    finally:
+        await engine.dispose()
+    if current == heads:
+        return None
+    for revision in current:
+        try:
+            script.get_revision(revision)
+        except CommandError:
+            return None  # newer than this code: see above
+    return f"{version_table} is at {sorted(current) or 'nothing'}, this code needs {sorted(heads)}"
+
+
+async def wait_for_schema(
+    script_location: Path,
+    url: str,
+    *,
+    version_table: str,
+    timeout_s: float,
+    poll_s: float = 2.0,
+) -> None:
+    """Wait, without migrating, until the schema serves this code (see ``schema_status``):
+    for deployments where a separate step migrates (``voiceslot migrate``, the chart's
+    Job) and a service must not race it or migrate under replicas still serving.
+    A database that cannot be reached yet counts as not ready. Raises ``SchemaNotReady``
+    after ``timeout_s``, naming what it last saw."""
+    log = logging.getLogger("voiceslot.db")
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    logged = False
+    while True:
+        try:
+            reason = await schema_status(script_location, url, version_table=version_table)
+        except (OSError, sa_exc.SQLAlchemyError, asyncpg.PostgresError) as exc:
+            reason = f"database not reachable: {type(exc).__name__}: {exc}"
+        if reason is None:
+            return
+        if not logged:  # one line, not one per poll
+            log.warning(
+                "waiting up to %.0fs for migrations (voiceslot migrate): %s", timeout_s, reason
+            )
+            logged = True
+        if loop.time() >= deadline:
+            raise SchemaNotReady(
+                f"schema not ready after {timeout_s:.0f}s: {reason}; run `voiceslot migrate` "
+                "(the Helm chart's migration Job) or set migrate_on_start"
+            )
+        await asyncio.sleep(min(poll_s, max(0.0, deadline - loop.time())))
+
+
+async def prepare_schema(
+    script_location: Path, url: str, *, version_table: str, migrate: bool, wait_s: float
+) -> None:
+    """At a service's start: migrate (``migrate_on_start``) or wait for another step to."""
+    if migrate:
+        await upgrade_to_head(script_location, url, version_table=version_table)
+    else:
+        await wait_for_schema(script_location, url, version_table=version_table, timeout_s=wait_s)
 
 
 # Deterministic constraint names, so migrations can name what they alter on both backends.

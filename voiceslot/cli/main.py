@@ -546,6 +546,23 @@ def operator(ctx: click.Context) -> None:
     ctx.invoke(operator_command)
 
 
+@cli.command("migrate")
+@click.option(
+    "--only",
+    type=click.Choice(["allocator", "synth"]),
+    multiple=True,
+    help="Migrate only this service's database (repeatable). Default: both.",
+)
+@click.pass_obj
+def migrate(obj: Ctx, only: tuple[str, ...]) -> None:
+    """Bring the services' database schemas to head and exit (for a deployment step run
+    before the servers, which then start with migrate_on_start off)."""
+    from voiceslot.cli.migrate import SERVICES, run_migrations
+
+    configure_logging(level=obj.settings.log_level, fmt=obj.settings.log_format)
+    asyncio.run(run_migrations(obj.settings, only or SERVICES, echo=click.echo))
+
+
 def main() -> None:
     try:
         cli(standalone_mode=True)
