@@ -205,6 +205,7 @@ class Maintenance:
             result.errors.append(f"{name}: delete {rv.provider_voice_id}: {exc.message}")
             return
         result.changed.append(voice_id)
+        telemetry.RECONCILE_DRIFT.labels(name, "orphan_deleted").inc()
         log.info(
             "deleted orphan remote voice",
             provider=name,
@@ -226,6 +227,7 @@ class Maintenance:
             return
         if await self.repo.mark_remote_missing(voice_id, provider_voice_id, self.clock.now()):
             result.changed.append(voice_id)
+            telemetry.RECONCILE_DRIFT.labels(name, "remote_missing").inc()
 
     async def _record_budget(self, name: str, result: TaskResult) -> None:
         """Store the provider's remaining clone budget (ElevenLabs' monthly add/edit cap),

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from allocator_svc import gauges
 from allocator_svc.dispatcher import Dispatcher
 from allocator_svc.domain.breaker import BreakerPolicy
 from allocator_svc.domain.reclaim import LeastRecentlyUsed, ReclaimPolicy
@@ -132,6 +133,7 @@ class Allocator:
             repo=repo, lifecycle=self.lifecycle, config=config, reclaim_policy=policy
         )
         self._maintenance_task: asyncio.Task[None] | None = None
+        self._gauge_task: asyncio.Task[None] | None = None
 
     # -- lifecycle of the service itself -----------------------------------------------------
 
@@ -145,6 +147,10 @@ class Allocator:
             self.dispatcher.start()
             if self.config.maintenance_interval_s:
                 self._maintenance_task = asyncio.create_task(self._maintenance_loop())
+            if self.config.gauge_interval_s:
+                self._gauge_task = asyncio.create_task(
+                    gauges.run(self.repo, self.clock, self.config.gauge_interval_s), name="gauges"
+                )
 
     async def _capacity_of(self, name: str, provider: Provider) -> int:
         """The configured capacity, else what the provider reports. A configured one
@@ -165,10 +171,11 @@ class Allocator:
         return reported
 
     async def stop(self, *, grace_s: float = 10.0) -> None:
-        if self._maintenance_task:
-            self._maintenance_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._maintenance_task
+        for task in (self._maintenance_task, self._gauge_task):
+            if task:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await self.dispatcher.stop(grace_s=grace_s)
 
     async def _maintenance_loop(self) -> None:
@@ -384,11 +391,9 @@ class Allocator:
 
     async def list_providers(self, who: Principal) -> list[ProviderStats]:
         self._admin(who)
-        stats = await self.repo.provider_stats(self.clock.now())
-        for st in stats:
-            telemetry.QUEUE_DEPTH.labels(st.name).set(st.queued)
-            telemetry.SLOTS_USED.labels(st.name).set(st.used)
-            telemetry.SLOTS_CAPACITY.labels(st.name).set(st.capacity)
+        now = self.clock.now()
+        stats = await self.repo.provider_stats(now)
+        gauges.publish(stats, now)
         return stats
 
     async def reclaim_slot(self, who: Principal, voice_id: str, *, force: bool) -> Voice:

@@ -1,27 +1,155 @@
 """Metrics (Prometheus) and traces (OpenTelemetry), defined once for every component.
 
-Spans use the global tracer provider: without an exporter configured they cost next to
-nothing; deployments configure one through the standard OTEL_* environment variables.
+Metrics: counters and histograms are recorded where things happen; the allocator's
+gauges (backlog, slots, breaker, stuck allocations, add/edit budget) are state in the
+database, refreshed by the allocator itself every ``allocator.gauge_interval_s`` (see
+``allocator_svc.gauges``). Under ``serve --workers`` every worker refreshes the same
+values from the same database, so those gauges merge as "most recent", not as a sum.
+
+Traces are off unless the standard OpenTelemetry variables ask for them
+(``configure_tracing``): ``OTEL_TRACES_EXPORTER=otlp`` (or ``console``), or an
+``OTEL_EXPORTER_OTLP_ENDPOINT`` / ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` with no exporter
+named; ``OTEL_SDK_DISABLED=true`` or ``OTEL_TRACES_EXPORTER=none`` keep them off. Every
+other ``OTEL_*`` variable (service name, resource attributes, sampler, batching, OTLP
+headers and TLS) is read by the SDK and the exporter themselves. While off, ``span`` and
+the server interceptor skip tracing entirely after one attribute check, so the hot path
+pays nothing for it. Context travels between services as W3C ``traceparent`` gRPC
+metadata: ``trace_metadata`` on the client side, ``extract`` in the server interceptor.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
-from opentelemetry import trace
+from opentelemetry import propagate, trace
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
-_tracer = trace.get_tracer("voiceslot")
+from voiceslot.logs import get_logger
+
+log = get_logger(__name__)
+
+
+class _Tracing:
+    """Whether spans are made, and by which tracer. One object, so that the check on the
+    hot path is a single attribute read."""
+
+    on: bool = False
+    tracer: trace.Tracer = trace.NoOpTracer()
+    provider: Any = None
+
+
+TRACING = _Tracing()
+
+
+def enable_tracing(provider: trace.TracerProvider) -> None:
+    """Make spans with ``provider`` from now on (tests pass one with an in-memory
+    exporter; ``configure_tracing`` one with the exporter the environment names)."""
+    TRACING.provider = provider
+    TRACING.tracer = provider.get_tracer("voiceslot")
+    TRACING.on = True
+
+
+def disable_tracing() -> None:
+    TRACING.on = False
+    TRACING.tracer = trace.NoOpTracer()
+    TRACING.provider = None
+
+
+def _exporter_wanted(env: Mapping[str, str]) -> str | None:
+    if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return None
+    named = env.get("OTEL_TRACES_EXPORTER", "").strip().lower()
+    if named:
+        # Only the first of a comma-separated list: we install one exporter.
+        first = named.split(",")[0].strip()
+        return None if first == "none" else first
+    if env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
+        return "otlp"
+    return None
+
+
+def configure_tracing(env: Mapping[str, str] | None = None) -> bool:
+    """Install an SDK tracer provider exporting over OTLP/gRPC (or to the console) when
+    the environment asks for traces; True when tracing is on. The provider also becomes
+    OpenTelemetry's global one, so libraries that trace find it."""
+    env = os.environ if env is None else env
+    kind = _exporter_wanted(env)
+    if kind is None:
+        return False
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import (
+        BatchSpanProcessor,
+        ConsoleSpanExporter,
+        SpanExporter,
+    )
+
+    exporter: SpanExporter
+    if kind == "otlp":
+        protocol = env.get(
+            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", env.get("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+        )
+        if protocol != "grpc":
+            log.warning("only OTLP over gRPC is installed; using it", protocol=protocol)
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+        exporter = OTLPSpanExporter()
+    elif kind == "console":
+        exporter = ConsoleSpanExporter()
+    else:
+        log.warning("unknown OTEL_TRACES_EXPORTER; tracing stays off", exporter=kind)
+        return False
+    # Resource.create reads OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES; the default
+    # name only applies when neither names the service.
+    resource = Resource.create({"service.name": "voiceslot"}).merge(Resource.create())
+    provider = TracerProvider(resource=resource)  # the sampler comes from OTEL_TRACES_SAMPLER
+    provider.add_span_processor(BatchSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
+    enable_tracing(provider)
+    log.info("tracing on", exporter=kind)
+    return True
+
+
+def shutdown_tracing() -> None:
+    """Send the spans still batched (the process may end with os._exit, which skips the
+    SDK's own exit hook)."""
+    provider = TRACING.provider
+    disable_tracing()
+    if provider is not None and hasattr(provider, "shutdown"):
+        provider.shutdown()
 
 
 @contextmanager
-def span(name: str, **attributes: Any) -> Iterator[trace.Span]:
-    with _tracer.start_as_current_span(
+def _no_span() -> Iterator[trace.Span]:
+    yield trace.INVALID_SPAN
+
+
+@contextmanager
+def _span(name: str, attributes: dict[str, Any]) -> Iterator[trace.Span]:
+    with TRACING.tracer.start_as_current_span(
         name, attributes={k: str(v) for k, v in attributes.items()}
     ) as s:
         yield s
+
+
+def span(name: str, **attributes: Any) -> Any:
+    """A child span of the current one around a provider, storage or database step."""
+    if not TRACING.on:
+        return _no_span()
+    return _span(name, attributes)
+
+
+def trace_metadata() -> tuple[tuple[str, str], ...]:
+    """The current trace context as gRPC metadata (``traceparent``, ``tracestate``), for
+    a call to another service; empty while tracing is off."""
+    if not TRACING.on:
+        return ()
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return tuple(carrier.items())
 
 
 RPCS = Counter("voiceslot_rpc_total", "gRPC calls handled", ["method", "code"])
@@ -37,14 +165,56 @@ ALLOCATION_SECONDS = Histogram(
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
 )
 RECLAIMS = Counter("voiceslot_reclaims_total", "Slots reclaimed", ["provider", "reason"])
-QUEUE_DEPTH = Gauge("voiceslot_queue_depth", "Allocation requests waiting", ["provider"])
-QUEUE_OLDEST_AGE = Gauge(
-    "voiceslot_queue_oldest_age_seconds", "Age of the oldest waiting request", ["provider"]
+# Allocator state gauges: the same value in every worker (read from one database).
+_SHARED = "mostrecent"
+QUEUE_DEPTH = Gauge(
+    "voiceslot_queue_depth",
+    "Allocation requests waiting",
+    ["provider"],
+    multiprocess_mode=_SHARED,
 )
-SLOTS_USED = Gauge("voiceslot_slots_used", "Slots held or being acquired", ["provider"])
-SLOTS_CAPACITY = Gauge("voiceslot_slots_capacity", "Slots the account may hold", ["provider"])
+QUEUE_OLDEST_AGE = Gauge(
+    "voiceslot_queue_oldest_age_seconds",
+    "Age of the oldest waiting request (0 when none waits)",
+    ["provider"],
+    multiprocess_mode=_SHARED,
+)
+SLOTS_USED = Gauge(
+    "voiceslot_slots_used", "Slots held or being acquired", ["provider"], multiprocess_mode=_SHARED
+)
+SLOTS_CAPACITY = Gauge(
+    "voiceslot_slots_capacity",
+    "Slots the account may hold",
+    ["provider"],
+    multiprocess_mode=_SHARED,
+)
 BREAKER_OPEN = Gauge(
-    "voiceslot_breaker_open", "1 while the provider's breaker is open", ["provider"]
+    "voiceslot_breaker_open",
+    "1 while the provider's breaker is open",
+    ["provider"],
+    multiprocess_mode=_SHARED,
+)
+STUCK_ALLOCATIONS = Gauge(
+    "voiceslot_stuck_allocations",
+    "Allocations whose dispatch lease expired (their dispatcher died or hung)",
+    ["provider"],
+    multiprocess_mode=_SHARED,
+)
+ADD_EDIT_REMAINING = Gauge(
+    "voiceslot_add_edit_remaining",
+    "Clone operations left this period where the provider caps them (absent when unknown)",
+    ["provider"],
+    multiprocess_mode=_SHARED,
+)
+GAUGES_REFRESHED = Gauge(
+    "voiceslot_gauges_refreshed_timestamp_seconds",
+    "When the allocator last refreshed its state gauges (Unix time)",
+    multiprocess_mode="max",
+)
+RECONCILE_DRIFT = Counter(
+    "voiceslot_reconcile_drift_total",
+    "Differences reconciliation found between the database and a provider",
+    ["provider", "kind"],
 )
 MAINTENANCE = Counter(
     "voiceslot_maintenance_changes_total", "Voices changed by maintenance", ["task"]
