@@ -68,37 +68,9 @@ async def sqlite_results(tmp_path_factory: pytest.TempPathFactory) -> list[RunRe
     return await run_session(SQLITE, list(SEEDS), workdir, None)
 
 
-# Broken on PostgreSQL replicas by allocator races that these schedules found and that are
-# not all fixed yet (issue 10 stays open until they are; each failure prints its replay):
-# - fixed: a 5xx after the provider created the voice was retried into a second copy
-#   (test_promise_paths has the regression test); duplicates still show under other
-#   interleavings of hangs, kills and resets, not yet diagnosed;
-# - reconciliation removes only labels it does not know, so a second copy under a known
-#   label stays until the voice's next reclaim;
-# - a reclaim whose delete succeeded but whose answer was lost goes back to READY.
-# Races: a given seed does not always hit them, hence not strict.
-KNOWN_BROKEN_ON_POSTGRES = {
-    "duplicates": "second copies under some interleavings of hangs, kills and resets",
-    "over_capacity": "follows from the second copies",
-    "remote_without_row": "reconciliation keeps a second copy under a known label",
-    "ready_remote_missing": "a reclaim whose delete answer was lost goes back to READY",
-}
-
-
 @pytest.mark.postgres
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "invariant",
-    [
-        pytest.param(
-            name,
-            marks=pytest.mark.xfail(reason=KNOWN_BROKEN_ON_POSTGRES[name], strict=False),
-        )
-        if name in KNOWN_BROKEN_ON_POSTGRES
-        else name
-        for name in INVARIANTS
-    ],
-)
+@pytest.mark.parametrize("invariant", INVARIANTS)
 def test_postgres_replicas_keep(postgres_results: list[RunResult], invariant: str) -> None:
     assert_holds(postgres_results, invariant)
 
