@@ -27,7 +27,10 @@ from tests.chart.chartkit import (
 )
 
 # Kinds served by CRDs the validator cannot know; everything else must validate.
-CUSTOM_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor")}
+CUSTOM_KINDS = {
+    ("monitoring.coreos.com/v1", "ServiceMonitor"),
+    ("monitoring.coreos.com/v1", "PrometheusRule"),
+}
 
 ALLOCATOR = f"{RELEASE}-allocator"
 SYNTH = f"{RELEASE}-synthesizer"
@@ -107,7 +110,8 @@ def test_default_render_has_the_expected_objects(render) -> None:
     assert kinds == Counter(
         {
             "Deployment": 3,
-            "Service": 2,
+            "Service": 3,
+            "NetworkPolicy": 3,
             "ConfigMap": 1,
             "Secret": 1,
             "ServiceAccount": 2,
@@ -176,7 +180,9 @@ def test_workloads_are_wired_together(render, values_name: str) -> None:
     deployments = {d["metadata"]["name"]: d for d in find(objects, "Deployment")}
     services = {s["metadata"]["name"]: s for s in find(objects, "Service")}
     assert {ALLOCATOR, SYNTH} <= set(deployments)
-    assert set(services) == {ALLOCATOR, SYNTH}
+    with_operator = values_name != "no-operator"
+    # The operator's Service serves only its metrics.
+    assert set(services) == {ALLOCATOR, SYNTH} | ({OPERATOR} if with_operator else set())
 
     for name, service in services.items():
         pod_labels = deployments[name]["spec"]["template"]["metadata"]["labels"]
@@ -361,6 +367,7 @@ def test_service_monitor(render) -> None:
     assert {s["metadata"]["name"] for s in find(objects, "Service") if selected(s)} == {
         ALLOCATOR,
         SYNTH,
+        OPERATOR,
     }
 
 

@@ -60,6 +60,18 @@ app.kubernetes.io/component: {{ . }}
 {{- printf "%s-operator" (include "voiceslot.fullname" .) }}
 {{- end }}
 
+{{- define "voiceslot.migrationsName" -}}
+{{- printf "%s-migrations" (include "voiceslot.fullname" .) }}
+{{- end }}
+
+{{/*
+"true" when migrations run in the pre-install/pre-upgrade Job (PostgreSQL only: a SQLite
+file lives on the pods' own volume, where a Job could not reach it), else "".
+*/}}
+{{- define "voiceslot.migrationJob" -}}
+{{- if and .Values.migrations.job.enabled (eq .Values.database.kind "postgresql") }}true{{ end }}
+{{- end }}
+
 {{- define "voiceslot.configMapName" -}}
 {{- printf "%s-config" (include "voiceslot.fullname" .) }}
 {{- end }}
@@ -168,6 +180,81 @@ Checks the schema cannot express.
 {{- if and (eq (dig "storage" "kind" "local" .Values.config) "local") $multi (not $shared) }}
 {{- fail "config.storage.kind local with several replicas needs a shared volume: persistence.enabled with accessModes [ReadWriteMany], or config.storage.kind s3" }}
 {{- end }}
+{{- /* The schema checks a claim the chart creates; an existing one is looked up (install
+and upgrade only: `helm template` has no cluster and renders without this check). */}}
+{{- with .Values.persistence.existingClaim }}
+{{- if $.Values.persistence.enabled }}
+{{- $claim := lookup "v1" "PersistentVolumeClaim" $.Release.Namespace . }}
+{{- if and $claim (not (has "ReadWriteMany" (dig "spec" "accessModes" list $claim))) }}
+{{- fail (printf "persistence.existingClaim %q is %v, not ReadWriteMany: the allocator and the synthesizer both mount it, from pods that may run on different nodes" . (dig "spec" "accessModes" list $claim)) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- $egress := .Values.networkPolicy.egress }}
+{{- if and .Values.networkPolicy.enabled $egress.enabled }}
+{{- $missing := list }}
+{{- if and (eq .Values.database.kind "postgresql") (not $egress.database) }}
+{{- $missing = append $missing "database (database.kind is postgresql)" }}
+{{- end }}
+{{- if and (eq (dig "storage" "kind" "local" .Values.config) "s3") (not $egress.storage) }}
+{{- $missing = append $missing "storage (config.storage.kind is s3)" }}
+{{- end }}
+{{- if and .Values.operator.enabled (not $egress.kubernetesApi) }}
+{{- $missing = append $missing "kubernetesApi (the operator watches the API server)" }}
+{{- end }}
+{{- if not .Values.secrets.existingSecret }}
+{{- range .Values.providers }}
+{{- if and (ne .kind "local") (not $egress.providers) (not (has "providers" $missing)) }}
+{{- $missing = append $missing "providers" }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- if $missing }}
+{{- fail (printf "networkPolicy.egress.enabled blocks everything not listed; list the endpoints of networkPolicy.egress.%s (or set networkPolicy.egress.enabled=false)" (join ", networkPolicy.egress." $missing)) }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+Egress rules to the endpoints of one networkPolicy.egress list ({cidr, except, ports} or
+{to, ports}).
+*/}}
+{{- define "voiceslot.egressRules" -}}
+{{- range . }}
+- to:
+    {{- if .to }}
+    {{- toYaml .to | nindent 4 }}
+    {{- else }}
+    - ipBlock:
+        cidr: {{ .cidr }}
+        {{- with .except }}
+        except:
+          {{- toYaml . | nindent 10 }}
+        {{- end }}
+    {{- end }}
+  ports:
+    {{- range .ports }}
+    - port: {{ . }}
+      protocol: TCP
+    {{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+Egress to cluster DNS (UDP and TCP).
+*/}}
+{{- define "voiceslot.dnsEgress" -}}
+{{- with .Values.networkPolicy.egress.dns }}
+- to:
+    {{- toYaml .to | nindent 4 }}
+  ports:
+    {{- range .ports }}
+    - port: {{ . }}
+      protocol: UDP
+    - port: {{ . }}
+      protocol: TCP
+    {{- end }}
+{{- end }}
 {{- end }}
 
 {{/*
@@ -224,6 +311,14 @@ Environment shared by the allocator and the synthesizer.
   valueFrom:
     fieldRef:
       fieldPath: metadata.name
+{{- if include "voiceslot.migrationJob" . }}
+# The migration Job has brought the schema to head before this pod was created: wait for
+# it (bounded) instead of migrating under replicas of the previous release still serving.
+- name: VOICESLOT_MIGRATE_ON_START
+  value: "false"
+- name: VOICESLOT_SCHEMA_WAIT_S
+  value: {{ .Values.migrations.schemaWaitSeconds | quote }}
+{{- end }}
 {{- end }}
 
 {{/*
@@ -321,4 +416,41 @@ What the operator does to VoiceSlots and to the events about them (RBAC rules).
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create", "patch"]
+{{- end }}
+
+{{/*
+NetworkPolicy pieces: metrics ingress (from networkPolicy.metrics; empty: any source)
+and egress to the allocator's gRPC port.
+*/}}
+{{- define "voiceslot.metricsIngress" -}}
+- ports:
+    - port: metrics
+      protocol: TCP
+  {{- with .Values.networkPolicy.metrics }}
+  from:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+{{- end }}
+{{/*
+A component's egress rules: DNS, the allocator when it calls it, and the endpoint lists.
+Call with (dict "ctx" $ "allocator" true "lists" (list ...)); pipe through trim.
+*/}}
+{{- define "voiceslot.egress" -}}
+{{ include "voiceslot.dnsEgress" .ctx }}
+{{- if .allocator }}
+{{ include "voiceslot.allocatorEgress" .ctx }}
+{{- end }}
+{{- range .lists }}
+{{- include "voiceslot.egressRules" . }}
+{{- end }}
+{{- end }}
+
+{{- define "voiceslot.allocatorEgress" -}}
+- to:
+    - podSelector:
+        matchLabels:
+          {{- include "voiceslot.selectorLabels" (dict "ctx" . "component" "allocator") | nindent 10 }}
+  ports:
+    - port: {{ .Values.grpcPort }}
+      protocol: TCP
 {{- end }}
