@@ -15,11 +15,11 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from voiceslot.auth import KeyTable
 from voiceslot.logs import get_logger
 from voiceslot.rpc.interceptors import ServerInterceptor
+from voiceslot.rpc.reflection import enable_reflection
 
 log = get_logger("voiceslot.server")
 
@@ -121,14 +121,7 @@ async def start_server(
     for reg in registrations:
         reg.add_to_server(reg.servicer, server)
         names.append(reg.full_name)
-    reflection.enable_server_reflection(
-        [
-            *names,
-            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-            reflection.SERVICE_NAME,
-        ],
-        server,
-    )
+    enable_reflection([*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name], server)
     port = server.add_insecure_port(listen)
     if port == 0:
         raise RuntimeError(f"cannot listen on {listen}")
