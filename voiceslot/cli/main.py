@@ -563,6 +563,43 @@ def migrate(obj: Ctx, only: tuple[str, ...]) -> None:
     asyncio.run(run_migrations(obj.settings, only or SERVICES, echo=click.echo))
 
 
+@cli.command()
+@click.pass_obj
+def providers(obj: Ctx) -> None:
+    """Provider accounts: slots used of capacity, backlog, oldest wait, breaker and
+    add/edit budget (admin)."""
+    from voiceslot.cli.admin import print_table, provider_view, providers_table
+
+    with stubs(obj.connection()) as (alloc, _, md):
+        answer = alloc.ListProviders(apb.ListProvidersRequest(), metadata=md, timeout=30)
+    views = [provider_view(p) for p in answer.providers]
+    if obj.json:
+        emit_json(views)
+    else:
+        print_table(console, providers_table(views))
+
+
+@cli.command()
+@click.option("--provider", default="", help="Only this provider account's slots.")
+@click.pass_obj
+def slots(obj: Ctx, provider: str) -> None:
+    """Voices holding or acquiring a slot: who holds each, leases and idle time (admin)."""
+    from datetime import UTC, datetime
+
+    from voiceslot.cli.admin import list_slots, print_table, slot_view, slots_table
+
+    with stubs(obj.connection()) as (alloc, _, md):
+        items = list_slots(alloc, md, provider=provider)
+    now = datetime.now(UTC)
+    views = [slot_view(s, now) for s in items]
+    if obj.json:
+        emit_json(views)
+    elif views:
+        print_table(console, slots_table(views))
+    else:
+        console.print("no slot is held")
+
+
 def main() -> None:
     try:
         cli(standalone_mode=True)
