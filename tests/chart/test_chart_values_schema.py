@@ -105,6 +105,49 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
         "/synthesizer/autoscaling/enabled",
     ),
     ("postgresql-without-urls", {"database": {"kind": "postgresql"}}, "/database/allocatorUrl"),
+    # Both Deployments mount the data claim, from pods on any node: ReadWriteMany only.
+    ("persistence-rwo", {"persistence": {"enabled": True}}, "/persistence/accessModes"),
+    (
+        "persistence-rwop",
+        {"persistence": {"enabled": True, "accessModes": ["ReadWriteOncePod"]}},
+        "/persistence/accessModes",
+    ),
+    # operations values
+    (
+        "namespace-owners-bad-namespace",
+        {"operator": {"namespaceOwners": {"Team_A": ["alice"]}}},
+        "Team_A",
+    ),
+    (
+        "namespace-owners-not-a-list",
+        {"operator": {"namespaceOwners": {"team-a": "alice"}}},
+        "/operator/namespaceOwners/team-a",
+    ),
+    (
+        "egress-cidr-and-peers",
+        {
+            "networkPolicy": {
+                "egress": {
+                    "database": [
+                        {"cidr": "10.0.0.0/8", "to": [{"podSelector": {}}], "ports": [5432]}
+                    ]
+                }
+            }
+        },
+        "/networkPolicy/egress/database/0",
+    ),
+    (
+        "egress-without-ports",
+        {"networkPolicy": {"egress": {"database": [{"cidr": "10.0.0.0/8"}]}}},
+        "/networkPolicy/egress/database/0",
+    ),
+    (
+        "error-ratio-above-one",
+        {"monitoring": {"prometheusRule": {"allocationErrorRatio": 2}}},
+        "/monitoring/prometheusRule/allocationErrorRatio",
+    ),
+    ("operator-metrics-port", {"operator": {"metricsPort": 0}}, "/operator/metricsPort"),
+    ("migration-job-typo", {"migrations": {"jobs": {}}}, "jobs"),
 ]
 
 
@@ -214,6 +257,15 @@ TEMPLATE_FAILURES: list[tuple[str, dict[str, Any], str]] = [
         "shared volume",
     ),
     ("s3-secret-key-missing", {"s3": {"accessKeyId": "AKIA"}}, "s3.secretAccessKey"),
+    (
+        "egress-without-endpoints",
+        {
+            "database": VALUE_SETS["shared-local-storage"]()["database"],
+            "networkPolicy": {"egress": {"enabled": True}},
+        },
+        "networkPolicy.egress.database (database.kind is postgresql), "
+        "networkPolicy.egress.kubernetesApi",
+    ),
 ]
 
 
