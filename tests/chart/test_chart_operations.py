@@ -585,3 +585,13 @@ def test_renders_are_stable_without_generated_keys(render_raw, values_name: str)
 def test_generated_keys_change_on_every_render_without_a_cluster(render_raw) -> None:
     """Why the GitOps path exists: `helm template` cannot look the Secret up."""
     assert render_raw(None) != render_raw(None)
+
+
+def test_notes_point_gitops_users_at_the_existing_secret(render_raw) -> None:
+    notes = f"{RELEASE}/templates/NOTES.txt"
+    assert "secrets.existingSecret" in render_raw(None)[notes]
+    pinned = {"operator": {"apiKey": "o" * 32}, "synthesizer": {"allocatorApiKey": "s" * 32}}
+    assert "secrets.existingSecret" not in render_raw(pinned)[notes]
+    production = render_raw(production_values())[notes]
+    assert "secrets.existingSecret" not in production
+    assert f"logs job/{MIGRATIONS}" in production

@@ -454,3 +454,14 @@ Call with (dict "ctx" $ "allocator" true "lists" (list ...)); pipe through trim.
     - port: {{ .Values.grpcPort }}
       protocol: TCP
 {{- end }}
+
+{{/*
+An alert's labels: its severity and monitoring.prometheusRule.alertLabels (routing).
+Call with (dict "severity" "warning" "values" .Values.monitoring.prometheusRule).
+*/}}
+{{- define "voiceslot.alertLabels" -}}
+severity: {{ .severity }}
+{{- with .values.alertLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
