@@ -14,9 +14,12 @@ worker's own thread; none is safe to call concurrently on one instance.
   voice operation fails with ``InvalidInput`` naming the model: an account configured with
   one can hold no voices.
 
-Text arrives already split into sentences. The guard that matters here is XTTS's own
-assert (a sentence must be under ``gpt_max_text_tokens`` text tokens): it becomes
-``InvalidInput`` before generation starts, as does an unsupported language.
+Text arrives already split into sentences. XTTS has two limits of its own: its assert (a
+sentence must be under ``gpt_max_text_tokens`` text tokens), which becomes ``InvalidInput``
+before generation starts, as does an unsupported language; and a character limit per
+language (en 250, es 239, hi 150, ko 95, zh 82, ja 71, ...) past which its tokenizer only
+warns and the audio comes out cut short. ``XttsModel`` cuts each sentence below its
+language's limit (by the tokenizer's own table) and speaks the pieces in order.
 """
 
 from __future__ import annotations
@@ -29,9 +32,12 @@ import torch
 
 from voiceslot.providers.errors import InvalidInput
 from voiceslot.providers.local.latents import VoiceLatents
+from voiceslot.text import pieces_to_speak
 
 XTTS_LOAD_RATE = 22050
 """XTTS resamples reference audio to this rate before computing latents."""
+XTTS_DEFAULT_CHAR_LIMIT = 250
+"""The limit XTTS's tokenizer applies to a language missing from its table."""
 
 
 class EngineModel(Protocol):
@@ -150,36 +156,55 @@ class XttsModel:
             "enable_text_splitting": False,  # callers split; splitting again hides errors
         }
 
+    def pieces(self, text: str, language: str) -> tuple[str, list[str]]:
+        """(the XTTS language code, ``text`` in pieces within that language's character
+        limit), every piece checked by ``check_text`` before any is spoken."""
+        code = xtts_language(language, self.languages)
+        limits = getattr(self.model.tokenizer, "char_limits", {})
+        # The tokenizer looks its table up by primary subtag ("zh-cn" -> "zh").
+        limit = int(limits.get(code.split("-")[0], XTTS_DEFAULT_CHAR_LIMIT))
+        pieces = pieces_to_speak(text, max_chars=limit) or [text]
+        for piece in pieces:
+            self.check_text(piece, language)
+        return code, pieces
+
     def synthesize(self, text: str, *, language: str, voice: VoiceLatents) -> np.ndarray:
-        code = self.check_text(text, language)
+        code, pieces = self.pieces(text, language)
         self.check_voice(voice)
-        out = self.model.inference(
-            text,
-            code,
-            voice.gpt_cond_latent,
-            voice.speaker_embedding,
-            **self._inference_settings(),
-        )
-        return np.asarray(out["wav"], dtype=np.float32)
+        wavs = [
+            np.asarray(
+                self.model.inference(
+                    piece,
+                    code,
+                    voice.gpt_cond_latent,
+                    voice.speaker_embedding,
+                    **self._inference_settings(),
+                )["wav"],
+                dtype=np.float32,
+            )
+            for piece in pieces
+        ]
+        return wavs[0] if len(wavs) == 1 else np.concatenate(wavs)
 
     def stream(
         self, text: str, *, language: str, voice: VoiceLatents, chunk_tokens: int
     ) -> Iterator[np.ndarray]:
-        code = self.check_text(text, language)
+        code, pieces = self.pieces(text, language)
         self.check_voice(voice)
-        chunks = self.model.inference_stream(
-            text,
-            code,
-            voice.gpt_cond_latent,
-            voice.speaker_embedding,
-            stream_chunk_size=chunk_tokens,
-            **self._inference_settings(),
-        )
-        try:
-            for chunk in chunks:
-                yield chunk.detach().cpu().numpy().astype(np.float32, copy=False)
-        finally:
-            chunks.close()  # a consumer that left: release the GPT generator now
+        for piece in pieces:
+            chunks = self.model.inference_stream(
+                piece,
+                code,
+                voice.gpt_cond_latent,
+                voice.speaker_embedding,
+                stream_chunk_size=chunk_tokens,
+                **self._inference_settings(),
+            )
+            try:
+                for chunk in chunks:
+                    yield chunk.detach().cpu().numpy().astype(np.float32, copy=False)
+            finally:
+                chunks.close()  # a consumer that left: release the GPT generator now
 
 
 class UncloneableModel:
