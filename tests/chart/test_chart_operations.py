@@ -15,10 +15,12 @@ import pytest
 from click.testing import CliRunner
 
 from tests.chart.chartkit import (
+    KUBE_VERSIONS,
     NAMESPACE,
     RELEASE,
     container,
     find,
+    kube_validate,
     one,
     production_values,
 )
@@ -595,3 +597,49 @@ def test_notes_point_gitops_users_at_the_existing_secret(render_raw) -> None:
     production = render_raw(production_values())[notes]
     assert "secrets.existingSecret" not in production
     assert f"logs job/{MIGRATIONS}" in production
+
+
+@pytest.mark.parametrize("name", [RELEASE, "a" * 53])
+def test_operations_objects_are_valid_kubernetes(render, name: str) -> None:
+    """Every form the values allow (peers or CIDRs, hooks, long release names) renders
+    objects the API server accepts."""
+    values = {
+        **_postgres_values(),
+        "networkPolicy": {
+            "allocatorClients": [{"podSelector": {"matchLabels": {"app": "voice-admin"}}}],
+            "egress": {
+                "enabled": True,
+                "database": [
+                    {
+                        "to": [
+                            {
+                                "namespaceSelector": {"matchLabels": {"team": "db"}},
+                                "podSelector": {"matchLabels": {"cnpg.io/cluster": "pg"}},
+                            }
+                        ],
+                        "ports": [5432],
+                    }
+                ],
+                "kubernetesApi": [{"cidr": "172.20.0.1/32", "ports": [443]}],
+            },
+        },
+        "monitoring": {"prometheusRule": {"enabled": True}, "dashboard": {"enabled": True}},
+        "serviceMonitor": {"enabled": True},
+    }
+    objects = render(values, name=name)
+    kinds = {o["kind"] for o in objects}
+    assert {"Job", "NetworkPolicy", "PrometheusRule", "ServiceMonitor"} <= kinds
+    for obj in objects:
+        assert len(obj["metadata"]["name"]) <= 63
+        if obj["kind"] == "PrometheusRule":
+            jsonschema.validate(obj, PROMETHEUS_RULE_SCHEMA)
+        elif obj["kind"] == "ServiceMonitor":
+            jsonschema.validate(obj, SERVICE_MONITOR_SCHEMA)
+        else:
+            for version in KUBE_VERSIONS:
+                kube_validate(obj, version)
+    # The embedded schemas are not vacuous.
+    (rule,) = find(objects, "PrometheusRule")
+    rule["spec"]["groups"][0]["rules"][0]["for"] = "five minutes"
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(rule, PROMETHEUS_RULE_SCHEMA)
