@@ -45,8 +45,6 @@ async def serve_operator(
 ) -> None:
     """Run the VoiceSlot operator until ``stop_flag`` is set (or a signal arrives)."""
     metrics = metrics or OperatorMetrics()
-    if config.metrics_port:
-        metrics.serve(config.metrics_port)
     registry = build_registry(
         config, metrics=metrics, login=login, admin_factory=admin_factory, environ=environ
     )
@@ -57,21 +55,29 @@ async def serve_operator(
         scope="cluster" if config.clusterwide else list(namespaces),
         peering=config.peering or "standalone",
         mirror=config.mirror_voice_slots,
+        metrics_port=config.metrics_port,
+        liveness=config.liveness_endpoint,
     )
     peering: dict[str, Any] = (
         {"standalone": True}
         if config.standalone
         else {"standalone": False, "peering_name": config.peering, "priority": config.priority}
     )
-    await kopf.operator(
-        registry=registry,
-        clusterwide=config.clusterwide,
-        namespaces=list(namespaces),
-        liveness_endpoint=config.liveness_endpoint,
-        stop_flag=stop_flag,
-        ready_flag=ready_flag,
-        **peering,
-    )
+    # Served for as long as the operator runs (and stopped with it: tests run many).
+    stop_metrics = metrics.serve(config.metrics_port) if config.metrics_port else None
+    try:
+        await kopf.operator(
+            registry=registry,
+            clusterwide=config.clusterwide,
+            namespaces=list(namespaces),
+            liveness_endpoint=config.liveness_endpoint,
+            stop_flag=stop_flag,
+            ready_flag=ready_flag,
+            **peering,
+        )
+    finally:
+        if stop_metrics is not None:
+            await asyncio.to_thread(stop_metrics)
 
 
 def run_operator(config: OperatorConfig | None = None) -> None:

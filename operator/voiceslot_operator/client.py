@@ -30,6 +30,14 @@ from voiceslot_operator.conditions import (
     phase_from_state,
 )
 
+# gRPC's reconnect backoff grows to two minutes by default: after an allocator outage the
+# operator would keep answering "unreachable" long after it is back. Ten seconds at most.
+CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
+    ("grpc.initial_reconnect_backoff_ms", 500),
+    ("grpc.min_reconnect_backoff_ms", 500),
+    ("grpc.max_reconnect_backoff_ms", 10_000),
+)
+
 
 class AllocatorError(Exception):
     """A failed admin call."""
@@ -175,7 +183,7 @@ class AllocatorAdmin:
         holder: str = "voiceslot-operator",
         channel: grpc.aio.Channel | None = None,
     ) -> None:
-        self._channel = channel or grpc.aio.insecure_channel(target)
+        self._channel = channel or grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
         self._stub = pb_grpc.AllocatorServiceStub(self._channel)
         self._metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
         self._timeout_s = timeout_s

@@ -16,6 +16,15 @@ and ``lastTransitionTime``, which changes only when ``status`` flips.
   ``spec.provider`` names another provider than the allocator's (``ProviderMismatch``).
 - **Reclaimed** — True once the slot was freed by a reclaim (idle, backlog, admin),
   until the voice holds a slot again (``Reallocated``).
+- **Refused** — True while the VoiceSlot's namespace may not act for the voice's owner
+  (see :mod:`.tenancy`); the operator then does nothing with the voice.
+- **Conflict** — True while an older VoiceSlot stands for the same voice (see
+  :mod:`.claims`); this one is then ignored.
+- **DeletionBlocked** — True while a deletion waits for the voice's leases to end (see
+  :mod:`.deletion`).
+
+When the allocator cannot be asked, Ready is ``Unknown`` (reason ``AllocatorUnreachable``)
+and the phase ``Unknown``: the last answer is no longer vouched for.
 
 The event-driven conditions are *folded* from the allocator's voice events in order, so
 the outcome does not depend on how often the operator looked: a reset that recovered
@@ -33,7 +42,19 @@ ConditionStatus = Literal["True", "False", "Unknown"]
 NoticeType = Literal["Normal", "Warning"]
 
 READY, STUCK, DRIFTED, RECLAIMED = "Ready", "Stuck", "Drifted", "Reclaimed"
-CONDITION_TYPES: tuple[str, ...] = (READY, STUCK, DRIFTED, RECLAIMED)
+REFUSED, CONFLICT, DELETION_BLOCKED = "Refused", "Conflict", "DeletionBlocked"
+CONDITION_TYPES: tuple[str, ...] = (
+    READY,
+    STUCK,
+    DRIFTED,
+    RECLAIMED,
+    REFUSED,
+    CONFLICT,
+    DELETION_BLOCKED,
+)
+UNREACHABLE = "AllocatorUnreachable"
+# status.phase while the allocator cannot be asked (not an allocator state).
+UNKNOWN_PHASE = "Unknown"
 
 PHASES: tuple[str, ...] = (
     "Registered",
@@ -187,6 +208,9 @@ def default_conditions(
         STUCK: ("False", "NotStuck"),
         DRIFTED: ("False", "InSync"),
         RECLAIMED: ("False", "NotReclaimed"),
+        REFUSED: ("False", "Permitted"),
+        CONFLICT: ("False", "NoConflict"),
+        DELETION_BLOCKED: ("False", "NotBlocked"),
     }
     result = [dict(c) for c in conditions]
     for type_, (status, reason) in defaults.items():
@@ -370,6 +394,35 @@ def ready_condition(
                 "UnknownState",
                 "the allocator reported a state this operator does not know",
             )
+
+
+def mark_unreachable(
+    conditions: Sequence[Mapping[str, Any]],
+    message: str,
+    *,
+    now: datetime,
+    generation: int | None,
+) -> tuple[list[dict[str, Any]], bool]:
+    """Ready=Unknown because the allocator could not be asked. Also returns whether this
+    is news (Ready was not already Unknown for that reason): worth one event, not one
+    per refresh."""
+    news = not was_unreachable(conditions)
+    result = default_conditions(conditions, now=now, generation=generation)
+    result = set_condition(
+        result,
+        READY,
+        "Unknown",
+        UNREACHABLE,
+        f"the allocator cannot be asked: {message}"[:1024],
+        now=now,
+        generation=generation,
+    )
+    return result, news
+
+
+def was_unreachable(conditions: Iterable[Mapping[str, Any]]) -> bool:
+    current = get_condition(conditions, READY) or {}
+    return current.get("status") == "Unknown" and current.get("reason") == UNREACHABLE
 
 
 # -- status ----------------------------------------------------------------------------------

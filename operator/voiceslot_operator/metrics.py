@@ -7,6 +7,8 @@ over HTTP.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
 
@@ -75,6 +77,23 @@ class OperatorMetrics:
             "Rounds of ListSlots (lease holders for status, and mirroring) completed",
             registry=r,
         )
+        self.allocator_up = Gauge(
+            "voiceslot_operator_allocator_up",
+            "1 when the operator's last call to the allocator was answered, else 0",
+            registry=r,
+        )
+        self.refusals = Counter(
+            "voiceslot_operator_ignored_voiceslots_total",
+            "Refreshes of VoiceSlots the operator ignored, by why (refused, conflict)",
+            ["reason"],
+            registry=r,
+        )
+        self.deletions = Counter(
+            "voiceslot_operator_deletions_total",
+            "VoiceSlot deletions decided, by verdict (reclaim, wait_lease, give_up, ...)",
+            ["verdict"],
+            registry=r,
+        )
         self.slots = Gauge(
             "voiceslot_operator_slots",
             "Slots the allocator listed at the last look, by provider",
@@ -87,5 +106,13 @@ class OperatorMetrics:
         found = self.registry.get_sample_value(name, labels)
         return 0.0 if found is None else found
 
-    def serve(self, port: int, *, addr: str = "0.0.0.0") -> None:
-        start_http_server(port, addr=addr, registry=self.registry)
+    def serve(self, port: int, *, addr: str = "0.0.0.0") -> Callable[[], None]:
+        """Serve ``/metrics`` on ``port`` in a thread; returns the function that stops it."""
+        server, thread = start_http_server(port, addr=addr, registry=self.registry)
+
+        def stop() -> None:
+            server.shutdown()
+            server.server_close()
+            thread.join(timeout=5)
+
+        return stop

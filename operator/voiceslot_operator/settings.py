@@ -69,8 +69,32 @@ class OperatorConfig(BaseSettings):
     """Re-queue a voice whose remote copy vanished while it was ready, so it gets its
     slot back (one clone) instead of waiting for its next use."""
     retry_delay_s: float = Field(default=10.0, gt=0)
-    """Delay before a handler that could not finish (allocator unreachable, a reclaim
-    that failed at the provider) is tried again."""
+    """First delay before a handler that could not finish (allocator unreachable, a
+    reclaim that failed at the provider) is tried again; each further try waits twice as
+    long (with jitter), up to ``retry_max_delay_s``. Operator-wide loops back off alike."""
+    retry_max_delay_s: float = Field(default=300.0, gt=0)
+    """Longest delay between two tries of one failing handler or loop."""
+
+    namespace_owners: dict[str, tuple[str, ...]] = Field(default_factory=dict)
+    """Tenancy: which voice owners the VoiceSlots of each namespace may act for, e.g.
+    ``{"team-a": ["alice", "bob"], "ops": ["*"]}`` (``"*"``: any owner). A VoiceSlot
+    naming a voice whose owner its namespace may not act for is refused: a ``Refused``
+    condition and a Kubernetes event, and no pin, unpin or reclaim.
+
+    When set (non-empty), a namespace that is not listed may act for no owner. When
+    unset or ``{}`` the safe default applies: every namespace may act only for the owner
+    of its own name (namespace ``alice`` for owner ``alice``). In both cases the
+    operator's home namespace (``effective_mirror_namespace``: where mirrored VoiceSlots
+    go, ``POD_NAMESPACE`` by default) may act for every owner: the operator writes there
+    itself, and only administrators should be able to create VoiceSlots there."""
+
+    delete_lease_wait_s: float = Field(default=600.0, ge=0)
+    """How long deleting a VoiceSlot waits for the live leases on its voice to end
+    before reclaiming (the finalizer stays, condition ``DeletionBlocked``). Past it, the
+    operator gives up waiting: it unpins the voice and lets the VoiceSlot go *without*
+    reclaiming, leaving the slot to idle reclaim once the lease ends (event
+    ``ReclaimAbandoned``). The annotation ``voiceslot.io/force-delete: "true"`` reclaims
+    at once, leases or not."""
 
     mirror_voice_slots: bool = True
     """Create a VoiceSlot for every slot the allocator lists that none stands for yet,
@@ -90,16 +114,27 @@ class OperatorConfig(BaseSettings):
     watch_connect_timeout_s: float = Field(default=10.0, gt=0)
     """TCP/TLS connect timeout of watch requests."""
 
-    metrics_port: int | None = Field(default=None, ge=1, le=65535)
-    """Serve the operator's Prometheus metrics on this port; None: off."""
-    liveness_endpoint: str | None = None
-    """kopf's liveness endpoint, e.g. ``http://0.0.0.0:8080/healthz``; None: off."""
+    metrics_port: int | None = Field(default=9090, ge=1, le=65535)
+    """Serve the operator's Prometheus metrics on this port (all interfaces, path
+    ``/metrics``); None or an empty variable: off."""
+    liveness_endpoint: str | None = "http://0.0.0.0:8080/healthz"
+    """kopf's liveness endpoint (the probe's URL as served); None or empty: off."""
 
     @field_validator("allocator_api_key", mode="after")
     @classmethod
     def _empty_key_is_none(cls, value: SecretStr | None) -> SecretStr | None:
         # The chart renders an empty string when no key is configured.
         return value if value is not None and value.get_secret_value() else None
+
+    @field_validator("metrics_port", mode="before")
+    @classmethod
+    def _empty_port_is_none(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @field_validator("namespace_owners", mode="before")
+    @classmethod
+    def _empty_owners_is_unset(cls, value: object) -> object:
+        return {} if value in ("", None) else value
 
     @field_validator("mirror_namespace", "liveness_endpoint", mode="after")
     @classmethod

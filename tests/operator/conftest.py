@@ -7,7 +7,12 @@ emulator on loopback.
   emulator is subclassed to behave like an API server where kopf depends on it:
   ``resourceVersion`` moves on every write (and a JSON-patch ``test`` on a stale one
   answers 422), ``generation`` moves on spec changes, and ``generateName`` works (kopf
-  posts its events with it).
+  posts its events with it). It also serves ``GET /api/v1/namespaces`` (list and watch),
+  which kmock 0.8 cannot parse and kopf needs in namespaced mode.
+- ``watch_mode``: every end-to-end test runs twice, the operator watching cluster-wide
+  and watching named namespaces (the chart's default).
+- ``Gate``: a TCP proxy between the operator and the allocator that a test can close
+  (the allocator unreachable for the operator only) and open again.
 - ``start_stack``: starts the allocator (SQLite, a ``ManualClock``, its maintenance loop
   off as in the chart, cloning at the provider emulator) and then the operator in a
   thread of its own, and stops both at teardown. Tests move the allocator's clock to
@@ -19,6 +24,7 @@ Waiting is always ``eventually(...)`` with a deadline, never a sleep.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import threading
 import time
@@ -65,6 +71,8 @@ CRD_PATH = (
     / "voiceslots.voiceslot.io.yaml"
 )
 NAMESPACE = "voices"
+# A second watched namespace, for tenancy tests (its owners set per test).
+TENANT_NAMESPACE = "team-a"
 PROVIDER = "eleven"
 VOICESLOTS = "voiceslot.io/v1alpha1/voiceslots"
 DEADLINE_S = 20.0
@@ -109,6 +117,45 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
 
     _versions: Iterator[int] = attrs.field(factory=lambda: itertools.count(100), init=False)
     _write_lock: asyncio.Lock = attrs.field(factory=asyncio.Lock, init=False)
+
+    namespaces: tuple[str, ...] = (NAMESPACE, TENANT_NAMESPACE)
+
+    async def __call__(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
+        # kmock 0.8 fails to parse this path (it reads "namespaces" as the namespace
+        # prefix of a namespaced URL) before any handler could answer it.
+        if raw_request.path.rstrip("/") == "/api/v1/namespaces":
+            return await self._namespace_list(raw_request)
+        return await super().__call__(raw_request)
+
+    async def _namespace_list(
+        self, raw_request: aiohttp.web.BaseRequest
+    ) -> aiohttp.web.StreamResponse:
+        if raw_request.query.get("watch") != "true":
+            items = [
+                {
+                    "apiVersion": "v1",
+                    "kind": "Namespace",
+                    "metadata": {"name": name, "resourceVersion": "1"},
+                    "status": {"phase": "Active"},
+                }
+                for name in self.namespaces
+            ]
+            body = {"apiVersion": "v1", "kind": "NamespaceList", "metadata": {}, "items": items}
+            body["metadata"]["resourceVersion"] = "1"
+            return aiohttp.web.json_response(body)
+        # The namespaces never change: a watch stream that stays quiet until its timeout
+        # (kopf then watches again), or until the client is gone.
+        response = aiohttp.web.StreamResponse(headers={"Content-Type": "application/json"})
+        await response.prepare(raw_request)
+        deadline = time.monotonic() + min(float(raw_request.query.get("timeoutSeconds", 5)), 5)
+        while time.monotonic() < deadline:
+            transport = raw_request.transport
+            if transport is None or transport.is_closing():
+                break
+            await asyncio.sleep(0.2)
+        with contextlib.suppress(ConnectionError):
+            await response.write_eof()
+        return response
 
     async def _handle(self, request: kmock.Request) -> Any:
         writes = (kmock.action.CREATE, kmock.action.UPDATE)
@@ -216,27 +263,45 @@ class Cluster:
         path = f"{self.url}/apis/voiceslot.io/v1alpha1/namespaces/{namespace}/voiceslots"
         return f"{path}/{name}" if name else path
 
-    async def create(self, name: str, voice_id: str, *, pinned: bool = False, **spec: Any) -> None:
+    async def create(
+        self,
+        name: str,
+        voice_id: str,
+        *,
+        pinned: bool = False,
+        namespace: str = NAMESPACE,
+        annotations: dict[str, str] | None = None,
+        **spec: Any,
+    ) -> None:
+        metadata: dict[str, Any] = {"name": name, "namespace": namespace}
+        if annotations:
+            metadata["annotations"] = annotations
         body = {
             "apiVersion": "voiceslot.io/v1alpha1",
             "kind": "VoiceSlot",
-            "metadata": {"name": name, "namespace": NAMESPACE},
+            "metadata": metadata,
             "spec": {"voiceId": voice_id, "pinned": pinned, **spec},
         }
         self._validator.validate(body)
-        async with self.session.post(self._path(), json=body) as response:
+        async with self.session.post(self._path(namespace=namespace), json=body) as response:
             assert response.status < 300, await response.text()
 
-    async def patch_spec(self, name: str, **spec: Any) -> None:
+    async def patch_spec(self, name: str, namespace: str = NAMESPACE, **spec: Any) -> None:
+        await self._merge(name, namespace, {"spec": spec})
+
+    async def annotate(self, name: str, namespace: str = NAMESPACE, **annotations: str) -> None:
+        await self._merge(name, namespace, {"metadata": {"annotations": annotations}})
+
+    async def _merge(self, name: str, namespace: str, body: dict[str, Any]) -> None:
         async with self.session.patch(
-            self._path(name),
-            json={"spec": spec},
+            self._path(name, namespace),
+            json=body,
             headers={"Content-Type": "application/merge-patch+json"},
         ) as response:
             assert response.status < 300, await response.text()
 
-    async def delete(self, name: str) -> None:
-        async with self.session.delete(self._path(name)) as response:
+    async def delete(self, name: str, namespace: str = NAMESPACE) -> None:
+        async with self.session.delete(self._path(name, namespace)) as response:
             assert response.status < 300, await response.text()
 
     def get(self, name: str, namespace: str = NAMESPACE) -> dict[str, Any] | None:
@@ -258,16 +323,16 @@ class Cluster:
             if resource.plural == "voiceslots" and ns == namespace and not obj.deleted
         ]
 
-    def status(self, name: str) -> dict[str, Any]:
-        return dict((self.get(name) or {}).get("status") or {})
+    def status(self, name: str, namespace: str = NAMESPACE) -> dict[str, Any]:
+        return dict((self.get(name, namespace) or {}).get("status") or {})
 
-    def condition(self, name: str, type_: str) -> dict[str, Any]:
-        for c in self.status(name).get("conditions") or []:
+    def condition(self, name: str, type_: str, namespace: str = NAMESPACE) -> dict[str, Any]:
+        for c in self.status(name, namespace).get("conditions") or []:
             if c.get("type") == type_:
                 return dict(c)
         return {}
 
-    def event_reasons(self, name: str) -> list[str]:
+    def event_reasons(self, name: str, namespace: str | None = None) -> list[str]:
         """Reasons of the Kubernetes events posted about the VoiceSlot, oldest first."""
         return [
             obj.raw["reason"]
@@ -275,6 +340,7 @@ class Cluster:
             if resource.plural == "events"
             and not obj.deleted
             and obj.raw.get("involvedObject", {}).get("name") == name
+            and namespace in (None, obj.raw.get("involvedObject", {}).get("namespace"))
         ]
 
     def writes(self, name: str) -> int:
@@ -288,11 +354,12 @@ class Cluster:
             and request.name == name
         )
 
-    async def posted(self, name: str, reason: str) -> None:
+    async def posted(self, name: str, reason: str, namespace: str | None = None) -> None:
         """Wait for a Kubernetes event about the VoiceSlot (kopf posts them in the
         background, after the handler's status patch)."""
         await eventually(
-            lambda: reason in self.event_reasons(name), what=f"a {reason} event on {name}"
+            lambda: reason in self.event_reasons(name, namespace),
+            what=f"a {reason} event on {name}",
         )
 
     def assert_valid(self) -> None:
@@ -317,22 +384,32 @@ class AllocatorDriver:
     async def close(self) -> None:
         await self.channel.close()
 
-    async def register(self, name: str = "voice") -> str:
+    async def register(self, name: str = "voice", *, owner: str = "") -> str:
+        """Register a voice (on behalf of ``owner``; empty: the admin's own)."""
         sample = make_sample_wav(seconds=1.5, seed=len(name))
 
         async def messages() -> AsyncIterator[pb.RegisterVoiceRequest]:
             yield pb.RegisterVoiceRequest(
-                metadata=pb.RegisterVoiceMetadata(display_name=name, provider=PROVIDER)
+                metadata=pb.RegisterVoiceMetadata(display_name=name, provider=PROVIDER, owner=owner)
             )
             yield pb.RegisterVoiceRequest(sample_chunk=sample)
 
         response = await self.stub.RegisterVoice(messages(), metadata=self.md)
         return response.voice.voice_id
 
-    async def ensure(self, voice_id: str) -> pb.EnsureActiveVoiceResponse:
+    async def ensure(self, voice_id: str, holder: str = "") -> pb.EnsureActiveVoiceResponse:
         return await self.stub.EnsureActiveVoice(
-            pb.EnsureActiveVoiceRequest(voice_id=voice_id), metadata=self.md
+            pb.EnsureActiveVoiceRequest(voice_id=voice_id, lease_holder=holder), metadata=self.md
         )
+
+    async def lease(self, voice_id: str, holder: str = "synth-test/job-1") -> str:
+        """A lease on a READY voice (as a synthesis holds one while it speaks)."""
+        response = await self.ensure(voice_id, holder)
+        assert response.HasField("ready"), response
+        return response.ready.lease.lease_id
+
+    async def release(self, lease_id: str) -> None:
+        await self.stub.ReleaseLease(pb.ReleaseLeaseRequest(lease_id=lease_id), metadata=self.md)
 
     async def voice(self, voice_id: str) -> pb.Voice:
         return (
@@ -358,10 +435,12 @@ class AllocatorDriver:
             pb.DeleteVoiceRequest(voice_id=voice_id, force=True), metadata=self.md
         )
 
-    async def ready_voice(self, name: str = "voice") -> pb.Voice:
+    async def ready_voice(self, name: str = "voice", *, owner: str = "") -> pb.Voice:
         """Register a voice and wait until it holds a slot (no lease is taken)."""
-        voice_id = await self.register(name)
-        await self.ensure(voice_id)
+        voice_id = await self.register(name, owner=owner)
+        response = await self.ensure(voice_id)
+        if response.HasField("ready"):  # it was ready at once: give the lease back
+            await self.release(response.ready.lease.lease_id)
 
         async def ready() -> pb.Voice | None:
             voice = await self.voice(voice_id)
@@ -376,6 +455,58 @@ class AllocatorDriver:
         await eventually(reached, what=f"{voice_id} {state}")
 
 
+class Gate:
+    """A TCP proxy in front of the allocator, for the operator only: ``close()`` cuts
+    every connection and refuses new ones (the allocator unreachable), ``open()`` lets
+    them through again. The tests' own driver talks to the allocator directly."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.is_open = True
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    async def start(self) -> int:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def stop(self) -> None:
+        self.close()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    def close(self) -> None:
+        self.is_open = False
+        for writer in list(self._writers):
+            writer.transport.abort()
+        self._writers.clear()
+
+    def open(self) -> None:
+        self.is_open = True
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if not self.is_open:
+            writer.transport.abort()
+            return
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        except OSError:
+            writer.transport.abort()
+            return
+        self._writers.update((writer, up_writer))
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(Exception):
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            dst.transport.abort()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        self._writers.difference_update((writer, up_writer))
+
+
 @dataclass
 class Stack:
     """A running allocator and operator, and the handles tests drive them with."""
@@ -386,6 +517,7 @@ class Stack:
     cluster: Cluster
     metrics: OperatorMetrics
     providers: dict[str, Provider]
+    gate: Gate
     config: OperatorConfig | None = None
     _stops: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
@@ -416,9 +548,15 @@ def emulator() -> Iterator[ProviderEmulator]:
         yield emulator
 
 
+@pytest.fixture(params=["clusterwide", "namespaced"])
+def watch_mode(request: pytest.FixtureRequest) -> str:
+    """How the operator watches: every namespace, or the named ones (chart default)."""
+    return str(request.param)
+
+
 @pytest.fixture
 async def start_stack(
-    tmp_path: Path, k8s: ApiServerEmulator, emulator: ProviderEmulator
+    tmp_path: Path, k8s: ApiServerEmulator, emulator: ProviderEmulator, watch_mode: str
 ) -> AsyncIterator[Callable[..., Awaitable[Stack]]]:
     """``await start_stack(capacity=..., wrap=..., dispatch_interval_s=..., **operator_config)``:
     ``wrap`` wraps each provider adapter (to observe calls); ``operator_config`` overrides
@@ -469,6 +607,8 @@ async def start_stack(
             burst=1000,
         )
         driver = AllocatorDriver(server.port)
+        gate = Gate(server.port)
+        gate_port = await gate.start()
         metrics = OperatorMetrics()
         stack = Stack(
             clock=clock,
@@ -477,9 +617,11 @@ async def start_stack(
             cluster=Cluster(k8s, session),
             metrics=metrics,
             providers=providers,
+            gate=gate,
         )
 
         async def stop_allocator() -> None:
+            await gate.stop()
             await driver.close()
             await server.stop(0)
             await app.stop(grace_s=0.2)
@@ -490,19 +632,22 @@ async def start_stack(
         stacks.append(stack)  # stopped at teardown whatever happens below
 
         defaults: dict[str, Any] = {
-            "allocator_target": f"127.0.0.1:{server.port}",
+            "allocator_target": f"127.0.0.1:{gate_port}",
             "allocator_api_key": ADMIN_KEY,
             "allocator_timeout_s": 10.0,
-            # kmock 0.8 cannot serve GET /api/v1/namespaces, which kopf lists when it
-            # watches named namespaces; cluster-wide it does not.
-            "clusterwide": True,
+            "clusterwide": watch_mode == "clusterwide",
+            "namespaces": () if watch_mode == "clusterwide" else k8s.namespaces,
             "reconcile_interval_s": 0.2,
             "idle_reclaim_interval_s": 0.2,
             "stuck_reset_interval_s": 0.2,
             "drift_interval_s": 0.3,
             "mirror_interval_s": 0.3,
             "retry_delay_s": 0.2,
+            "retry_max_delay_s": 1.0,
             "mirror_voice_slots": False,
+            # Tests run many operators: no fixed ports unless a test asks for them.
+            "metrics_port": None,
+            "liveness_endpoint": None,
             "mirror_namespace": NAMESPACE,
         }
         config = OperatorConfig(**{**defaults, **operator_config})

@@ -193,6 +193,9 @@ def test_every_condition_is_present_after_a_look() -> None:
         "Stuck": ("False", "NotStuck"),
         "Drifted": ("False", "InSync"),
         "Reclaimed": ("False", "NotReclaimed"),
+        "Refused": ("False", "Permitted"),
+        "Conflict": ("False", "NoConflict"),
+        "DeletionBlocked": ("False", "NotBlocked"),
     }
     gone = observe_voice(
         conditions, None, voice_id="v_1", spec_provider=None, now=at(1), generation=1

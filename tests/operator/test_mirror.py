@@ -4,7 +4,7 @@ voice already), and a mirrored VoiceSlot goes when its voice is deleted."""
 from __future__ import annotations
 
 from tests.operator.conftest import NAMESPACE, PROVIDER, eventually
-from voiceslot_operator.handlers import MIRROR_LABEL, mirror_name
+from voiceslot_operator.mirror import MIRROR_LABEL, mirror_name
 
 
 async def test_slots_are_mirrored_once_and_removed_with_their_voice(start_stack) -> None:

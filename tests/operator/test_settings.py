@@ -25,7 +25,8 @@ from tests.chart.chartkit import (
     production_values,
 )
 from voiceslot_operator.cli import operator_command
-from voiceslot_operator.handlers import FINALIZER, configure_settings
+from voiceslot_operator.finalizer import FINALIZER
+from voiceslot_operator.handlers import configure_settings
 from voiceslot_operator.settings import ENV_PREFIX, OperatorConfig
 
 OPERATOR = f"{RELEASE}-operator"

@@ -4,8 +4,11 @@ the VoiceSlot: conditions while it lasts, how it ended, and Kubernetes events.""
 from __future__ import annotations
 
 from tests.operator.conftest import ALLOCATION_TIMEOUT_S, eventually
+from voiceslot.config import AllocatorConfig
 from voiceslot.providers.elevenlabs import ElevenLabsProvider
 from voiceslot.testing.emulator import Fault, FaultKind, Op
+
+CLONE_SETTLE_S = AllocatorConfig().clone_settle_s
 
 
 def live_remote_ids(stack) -> set[str]:
@@ -37,9 +40,17 @@ async def test_allocation_stuck_past_its_timeout_is_reset(start_stack) -> None:
     assert stuck["reason"] == "StuckReset"
     await stack.cluster.posted("stuck", "StuckReset")
     assert (await stack.allocator.voice(voice_id)).generation == 0
+    # The retry waits for a late copy to show up at the provider (clone_settle_s) first.
+    stack.clock.advance(CLONE_SETTLE_S + 1)
     await stack.observed("stuck", "Allocating")
 
     stack.clock.advance(ALLOCATION_TIMEOUT_S + 1)
+
+    async def reset_twice() -> bool:
+        return (await stack.allocator.event_reasons(voice_id)).count("STUCK_RESET") == 2
+
+    await eventually(reset_twice, what="the second reset")
+    stack.clock.advance(CLONE_SETTLE_S + 1)
     status = await stack.observed("stuck", "Ready")
     recovered = stack.cluster.condition("stuck", "Stuck")
     assert (recovered["status"], recovered["reason"]) == ("False", "Recovered")
