@@ -246,41 +246,73 @@ def test_without_the_job_the_services_migrate_on_start(render, values) -> None:
 @pytest.mark.postgres
 def test_the_job_migrates_a_real_database(render, postgres_url, monkeypatch, tmp_path) -> None:
     """What the Job's container is given is enough for `voiceslot migrate` to bring both
-    services to head, and what the servers are given lets them find it there."""
+    services to head; a server given what the chart gives it then waits (not migrates)
+    and finds its schema ready at once. Before the Job ran, it would not be."""
     import asyncio
 
     from allocator_svc import app as allocator_app
     from synth_svc import app as synth_app
     from voiceslot.cli.main import cli
     from voiceslot.config import Settings
-    from voiceslot.db import schema_status
+    from voiceslot.db import SchemaNotReady, prepare_schema, schema_status
 
     objects = render(_postgres_values(postgres_url))
     job = one(objects, "Job", MIGRATIONS)
-    secret = one(objects, "Secret", MIGRATIONS)["stringData"]
-    env = {
-        e["name"]: e["value"] if "value" in e else secret[e["valueFrom"]["secretKeyRef"]["key"]]
-        for e in container(job)["env"]
-    }
-    env["VOICESLOT_DATA_DIR"] = str(tmp_path)  # the pod's emptyDir
-    for name in [n for n in os.environ if n.startswith("VOICESLOT_")]:
-        monkeypatch.delenv(name)
-    result = CliRunner().invoke(cli, container(job)["args"], env=env)
-    assert result.exit_code == 0, result.output
+    secrets = {o["metadata"]["name"]: o["stringData"] for o in find(objects, "Secret")}
+    assert MIGRATIONS in secrets, "the Job's hook Secret"
 
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.setenv("VOICESLOT_MIGRATE_ON_START", "false")
-    settings = Settings()
-    assert settings.migrate_on_start is False
-    for url, module in (
-        (settings.allocator_database_url, allocator_app),
-        (settings.synth_database_url, synth_app),
-    ):
-        status = asyncio.run(
-            schema_status(module.MIGRATIONS, url, version_table=module.VERSION_TABLE)
-        )
-        assert status is None
+    def resolve(c: dict[str, Any]) -> dict[str, str]:
+        """Plain values and the Secret keys the container names (field refs and optional
+        keys the Secret does not hold are left out)."""
+        out = {}
+        for e in c["env"]:
+            ref = e.get("valueFrom", {}).get("secretKeyRef")
+            if "value" in e:
+                out[e["name"]] = str(e["value"])
+            elif ref and ref["key"] in secrets[ref["name"]]:
+                out[e["name"]] = secrets[ref["name"]][ref["key"]]
+        return out
+
+    def server_settings(deployment: str) -> Settings:
+        """Settings of a server from the chart's environment (no settings file)."""
+        for name in [n for n in os.environ if n.startswith("VOICESLOT_")]:
+            monkeypatch.delenv(name)
+        for name, value in resolve(container(one(objects, "Deployment", deployment))).items():
+            if name.startswith("VOICESLOT_") and name != "VOICESLOT_CONFIG":
+                monkeypatch.setenv(name, value)
+        monkeypatch.setenv("VOICESLOT_DATA_DIR", str(tmp_path))
+        return Settings()
+
+    servers = [
+        (server_settings(ALLOCATOR), allocator_app, "allocator_database_url"),
+        (server_settings(SYNTH), synth_app, "synth_database_url"),
+    ]
+
+    def server_start(wait_s: float) -> None:
+        for settings, module, url in servers:
+            assert settings.migrate_on_start is False and settings.schema_wait_s == 300
+            assert getattr(settings, url) == postgres_url
+            asyncio.run(
+                prepare_schema(
+                    module.MIGRATIONS,
+                    getattr(settings, url),
+                    version_table=module.VERSION_TABLE,
+                    migrate=settings.migrate_on_start,
+                    wait_s=wait_s,
+                )
+            )
+
+    with pytest.raises(SchemaNotReady):
+        server_start(0.3)
+
+    job_env = resolve(container(job))
+    job_env["VOICESLOT_DATA_DIR"] = str(tmp_path)  # the pod's emptyDir
+    result = CliRunner().invoke(cli, container(job)["args"], env=job_env)
+    assert result.exit_code == 0, result.output
+    server_start(5)
+    for _settings, module, _url in servers:
+        status = schema_status(module.MIGRATIONS, postgres_url, version_table=module.VERSION_TABLE)
+        assert asyncio.run(status) is None
 
 
 # -- network policies ------------------------------------------------------------------
