@@ -14,14 +14,18 @@ import yaml
 
 from tests.chart.chartkit import EXAMPLES_DIR
 from voiceslot.v1 import common_pb2
+from voiceslot_operator.conditions import CONDITION_TYPES as OPERATOR_CONDITION_TYPES
+from voiceslot_operator.conditions import UNKNOWN_PHASE
 
-# One phase per state of the wire contract, in its order: the CRD follows the proto.
+# One phase per state of the wire contract, in its order: the CRD follows the proto. Then
+# the operator's own: Unknown, while it cannot ask the allocator.
 PHASES = [
     value.name.removeprefix("VOICE_STATE_").capitalize()
     for value in common_pb2.VoiceState.DESCRIPTOR.values
     if value.number != 0
-]
-CONDITION_TYPES = ["Ready", "Stuck", "Drifted", "Reclaimed"]
+] + [UNKNOWN_PHASE]
+# The condition types the operator writes, in its order.
+CONDITION_TYPES = list(OPERATOR_CONDITION_TYPES)
 
 
 def _examples() -> list[tuple[str, dict[str, Any]]]:
@@ -122,14 +126,18 @@ def test_status_fields(crd_schema) -> None:
 
 
 def test_phases_match_the_wire_contract(crd_schema) -> None:
-    """The phases are the allocator's VoiceState values (proto), CamelCased."""
+    """The phases are the allocator's VoiceState values (proto), CamelCased, then the
+    operator's Unknown (the allocator could not be asked)."""
     from voiceslot.v1 import common_pb2
 
     names = [value.name for value in common_pb2.DESCRIPTOR.enum_types_by_name["VoiceState"].values]
     wire = [
         n.removeprefix("VOICE_STATE_").capitalize() for n in names if n != "VOICE_STATE_UNSPECIFIED"
     ]
-    assert crd_schema["properties"]["status"]["properties"]["phase"]["enum"] == wire
+    assert crd_schema["properties"]["status"]["properties"]["phase"]["enum"] == [
+        *wire,
+        UNKNOWN_PHASE,
+    ]
 
 
 def _json_path(obj: Any, path: str) -> Any:
