@@ -134,26 +134,37 @@ def _labels_match(selector: dict[str, str], labels: dict[str, str]) -> bool:
     return selector.items() <= labels.items()
 
 
-def _telemetry_metrics() -> dict[str, set[str]]:
-    """Every series name voiceslot.telemetry exposes, with its label names."""
+def _series(metrics: Any) -> dict[str, set[str]]:
+    """Series names of prometheus_client metric objects, with their label names."""
     from prometheus_client.metrics import MetricWrapperBase
 
-    from voiceslot import telemetry
-
     names: dict[str, set[str]] = {}
-    for metric in vars(telemetry).values():
+    for metric in metrics:
         if not isinstance(metric, MetricWrapperBase):
             continue
         labels = set(metric._labelnames)
-        base = metric._name
         suffixes = {
             "counter": ["_total"],
             "histogram": ["_bucket", "_sum", "_count"],
             "gauge": [""],
         }[metric._type]
         for suffix in suffixes:
-            names[base + suffix] = labels | ({"le"} if suffix == "_bucket" else set())
+            names[metric._name + suffix] = labels | ({"le"} if suffix == "_bucket" else set())
     return names
+
+
+def _telemetry_metrics() -> dict[str, set[str]]:
+    """Every series the allocator and the synthesizer (voiceslot.telemetry) expose."""
+    from voiceslot import telemetry
+
+    return _series(vars(telemetry).values())
+
+
+def _operator_metrics() -> dict[str, set[str]]:
+    """Every series the operator exposes (its metrics live on a registry of their own)."""
+    from voiceslot_operator.metrics import OperatorMetrics
+
+    return _series(vars(OperatorMetrics()).values())
 
 
 _SELECTOR = re.compile(r"(voiceslot_[a-z_]+)(\{[^}]*\})?")
@@ -540,18 +551,21 @@ def test_prometheus_rule(render) -> None:
     # Prometheus' own templates survive Helm's rendering.
     assert "{{ $labels.provider }}" in alerts["VoiceslotQueueStalled"]["annotations"]["summary"]
     assert alerts["VoiceslotStuckAllocations"]["for"] == "15m"
-    known = _telemetry_metrics()
+    known = {
+        "voiceslot.allocator": (ALLOCATOR, _telemetry_metrics()),
+        "voiceslot.operator": (OPERATOR, _operator_metrics()),
+    }
     used: set[str] = set()
-    for alert in alerts.values():
-        assert alert["labels"]["team"] == "voice"
-        assert alert["labels"]["severity"] in {"warning", "critical"}
-        assert alert["annotations"]["summary"]
-        # Series of this release's allocator only.
-        assert (
-            f'service="{ALLOCATOR}"' in alert["expr"]
-            and f'namespace="{NAMESPACE}"' in alert["expr"]
-        )
-        used |= _check_metrics(alert["expr"], known)
+    for group in rule["spec"]["groups"]:
+        service, metrics = known[group["name"]]
+        for alert in group["rules"]:
+            assert alert["labels"]["team"] == "voice"
+            assert alert["labels"]["severity"] in {"warning", "critical"}
+            assert alert["annotations"]["summary"]
+            # Series of this release's component only.
+            assert f'service="{service}"' in alert["expr"]
+            assert f'namespace="{NAMESPACE}"' in alert["expr"]
+            used |= _check_metrics(alert["expr"], metrics)
     assert {
         "voiceslot_queue_oldest_age_seconds",
         "voiceslot_allocations_total",
@@ -559,7 +573,18 @@ def test_prometheus_rule(render) -> None:
         "voiceslot_stuck_allocations",
         "voiceslot_add_edit_remaining",
         "voiceslot_reconcile_drift_total",
+        "voiceslot_operator_allocator_up",
+        "voiceslot_operator_maintenance_last_success_timestamp_seconds",
     } <= used
+    # Without the operator, no operator alerts; when it does not drive maintenance, no
+    # alert on the maintenance it does not run.
+    values["operator"] = {"enabled": False}
+    rule = one(render(values), "PrometheusRule", RELEASE)
+    assert [g["name"] for g in rule["spec"]["groups"]] == ["voiceslot.allocator"]
+    values["operator"] = {"drivesMaintenance": False}
+    rule = one(render(values), "PrometheusRule", RELEASE)
+    alerts = {r["alert"] for g in rule["spec"]["groups"] for r in g["rules"]}
+    assert "VoiceslotOperatorErrors" in alerts and "VoiceslotMaintenanceStalled" not in alerts
 
 
 def test_dashboard_config_map(render) -> None:
@@ -572,10 +597,11 @@ def test_dashboard_config_map(render) -> None:
     dashboard = json.loads(config_map["data"]["voiceslot.json"])
     assert dashboard["uid"] and dashboard["panels"]
     known = _telemetry_metrics()
+    operator = _operator_metrics()
     used: set[str] = set()
     for panel in dashboard["panels"]:
         for target in panel["targets"]:
-            used |= _check_metrics(target["expr"], known)
+            used |= _check_metrics(target["expr"], known | operator)
     # Every metric the allocator and the synthesizer export is on it.
     families = {re.sub(r"_(bucket|sum|count)$", "", n) for n in known}
     assert {re.sub(r"_bucket$", "", n) for n in used} >= families - {
