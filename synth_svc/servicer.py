@@ -30,6 +30,8 @@ _ENCODING_FROM_PB = {
     common_pb2.AUDIO_ENCODING_PCM16: "pcm16",
     common_pb2.AUDIO_ENCODING_MP3: "mp3",
     common_pb2.AUDIO_ENCODING_OPUS: "opus",
+    common_pb2.AUDIO_ENCODING_MULAW: "mulaw",
+    common_pb2.AUDIO_ENCODING_ALAW: "alaw",
 }
 _ENCODING_TO_PB = {v: k for k, v in _ENCODING_FROM_PB.items()}
 

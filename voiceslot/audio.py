@@ -12,6 +12,9 @@ this module is the one place that turns it into what a caller asked for:
   16, 22.05, 24, 32, 44.1 and 48 kHz exist; see ``supported_rate``.
 - ``"opus"``: Opus in an Ogg container. Opus only runs at 8, 12, 16, 24 and 48 kHz; see
   ``supported_rate``.
+- ``"mulaw"``, ``"alaw"``: G.711 μ-law and A-law, one byte a sample, no header, at 8 kHz
+  (what SIP trunks and Twilio media streams carry). G.711 codes each sample on its own, so
+  a stream's chunks are encoded independently and concatenate to the whole.
 
 Rates: a requested rate the codec cannot carry becomes the lowest rate it can that is at
 least the one asked for (22.05 kHz Opus is written at 24 kHz), else its highest rate, so the
@@ -47,7 +50,7 @@ import soxr
 from voiceslot.errors import InvalidArgument, PayloadTooLarge
 from voiceslot.providers.base import PcmAudio
 
-ENCODINGS = ("wav", "pcm16", "mp3", "opus")
+ENCODINGS = ("wav", "pcm16", "mp3", "opus", "mulaw", "alaw")
 """Encodings ``encode`` and ``StreamEncoder`` write."""
 
 MEDIA_TYPES = {
@@ -55,8 +58,20 @@ MEDIA_TYPES = {
     "pcm16": "audio/L16",
     "mp3": "audio/mpeg",
     "opus": "audio/ogg; codecs=opus",
+    "mulaw": "audio/PCMU",  # RFC 3551's names for G.711
+    "alaw": "audio/PCMA",
 }
-FILE_EXTENSIONS = {"wav": "wav", "pcm16": "pcm", "mp3": "mp3", "opus": "ogg"}
+FILE_EXTENSIONS = {
+    "wav": "wav",
+    "pcm16": "pcm",
+    "mp3": "mp3",
+    "opus": "ogg",
+    "mulaw": "ulaw",
+    "alaw": "alaw",
+}
+G711_SUBTYPES = {"mulaw": "ULAW", "alaw": "ALAW"}
+"""libsndfile's raw subtype for each G.711 encoding."""
+G711_RATES = (8000,)
 
 OPUS_RATES = (8000, 12000, 16000, 24000, 48000)
 MP3_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
@@ -208,7 +223,9 @@ def supported_rate(encoding: str, rate: int) -> int:
     _check_encoding(encoding)
     if rate <= 0:
         raise ValueError(f"sample rate must be positive, not {rate}")
-    rates = {"mp3": MP3_RATES, "opus": OPUS_RATES}.get(encoding)
+    rates = {"mp3": MP3_RATES, "opus": OPUS_RATES, **dict.fromkeys(G711_SUBTYPES, G711_RATES)}.get(
+        encoding
+    )
     if rates is None:
         return rate
     return next((r for r in rates if r >= rate), rates[-1])
@@ -254,6 +271,8 @@ def encode(pcm: PcmAudio, encoding: str, *, sample_rate: int = 0) -> bytes:
         return out.tobytes()
     if encoding == "wav":
         return _wav_header(rate, out.nbytes) + out.tobytes()
+    if encoding in G711_SUBTYPES:
+        return _g711(out, encoding)
     buf = io.BytesIO()
     # A seekable target: libsndfile goes back at close to fill in MP3's Xing/LAME header,
     # which lets decoders drop the priming samples and report the exact length.
@@ -293,7 +312,7 @@ class StreamEncoder:
         self._state = "open"
         if self.encoding == "wav":
             return _wav_header(self.sample_rate, None)
-        if self.encoding == "pcm16":
+        if self.encoding == "pcm16" or self.encoding in G711_SUBTYPES:
             return b""
         sink = _PipeSink()
         try:
@@ -351,6 +370,8 @@ class StreamEncoder:
         self.close()
 
     def _write(self, samples: np.ndarray) -> bytes:
+        if self.encoding in G711_SUBTYPES:
+            return _g711(samples, self.encoding)
         if self._file is None:
             return samples.tobytes()
         if samples.size:
@@ -484,9 +505,20 @@ def min_bytes_per_second(encoding: str, rate: int) -> float:
     _check_encoding(encoding)
     if encoding in ("wav", "pcm16"):
         return 2.0 * rate
+    if encoding in G711_SUBTYPES:
+        return 1.0 * rate
     if encoding == "mp3":
         return _mp3_kbps(rate) * 1000 / 8
     return 0.0
+
+
+def _g711(samples: np.ndarray, encoding: str) -> bytes:
+    """16-bit samples as G.711 bytes (libsndfile's coder: one byte a sample, stateless)."""
+    if samples.size == 0:
+        return b""
+    buf = io.BytesIO()
+    sf.write(buf, samples, G711_RATES[0], format="RAW", subtype=G711_SUBTYPES[encoding])
+    return buf.getvalue()
 
 
 def _mp3_kbps(rate: int) -> int:

@@ -178,7 +178,7 @@ class SynthConfig(BaseModel):
     over after this."""
     retention_every_s: float = Field(default=3600.0, gt=0)
     """Period of the rendered-audio retention sweep (see storage.retention_days)."""
-    default_encoding: Literal["wav", "pcm16", "mp3", "opus"] = "wav"
+    default_encoding: Literal["wav", "pcm16", "mp3", "opus", "mulaw", "alaw"] = "wav"
 
 
 class Settings(BaseSettings):

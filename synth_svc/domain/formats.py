@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from voiceslot.audio import ENCODINGS
 from voiceslot.errors import InvalidArgument
 
-ENCODINGS = ("wav", "pcm16", "mp3", "opus")
 MIN_RATE, MAX_RATE = 8000, 48000
 
 

@@ -295,6 +295,8 @@ def test_resample_rejects_nonpositive_rate() -> None:
         ("mp3", 96000, 48000),
         ("wav", 12345, 12345),
         ("pcm16", 96000, 96000),
+        ("mulaw", 24000, 8000),
+        ("alaw", 8000, 8000),
     ],
 )
 def test_supported_rate(encoding: str, asked: int, got: int) -> None:
@@ -358,6 +360,20 @@ def test_encode_refuses_bad_input() -> None:
         encode(PcmAudio(b"\x00\x00\x00", 24000), "wav")
 
 
+@pytest.mark.parametrize("encoding", ["mulaw", "alaw"])
+def test_encode_g711_is_one_byte_a_sample_at_8khz(encoding: str) -> None:
+    pcm = speech(1.0, 24000)
+    data = encode(pcm, encoding)
+    reference = resample(pcm, 8000)
+    assert len(data) == len(reference.pcm16) // 2  # 8 bits a sample, no header
+    subtype = {"mulaw": "ULAW", "alaw": "ALAW"}[encoding]
+    samples, _ = sf.read(
+        io.BytesIO(data), samplerate=8000, channels=1, format="RAW", subtype=subtype
+    )
+    lag, error = aligned_error(samples.astype(np.float32), as_float(reference))
+    assert lag == 0 and error < 0.05  # G.711 keeps ~12 bits of dynamic range
+
+
 # --- StreamEncoder ---------------------------------------------------------------------
 
 CHUNKINGS = {
@@ -386,6 +402,14 @@ def test_stream_lossless_equals_whole(
     whole_samples, _ = sf.read(io.BytesIO(whole), dtype="int16")
     assert rate == (output_rate or input_rate)
     assert np.array_equal(stream_samples, whole_samples)
+
+
+@pytest.mark.parametrize("encoding", ["mulaw", "alaw"])
+@pytest.mark.parametrize("chunking", CHUNKINGS)
+def test_stream_g711_equals_whole(encoding: str, chunking: str) -> None:
+    pcm = speech(1.5, 24000)
+    streamed = stream_encode(encoding, chunks(pcm, CHUNKINGS[chunking]))
+    assert streamed == encode(pcm, encoding)
 
 
 def test_stream_wav_header_has_maximum_sizes() -> None:

@@ -35,6 +35,8 @@ _ENCODINGS = {
     "pcm16": common_pb2.AUDIO_ENCODING_PCM16,
     "mp3": common_pb2.AUDIO_ENCODING_MP3,
     "opus": common_pb2.AUDIO_ENCODING_OPUS,
+    "mulaw": common_pb2.AUDIO_ENCODING_MULAW,
+    "alaw": common_pb2.AUDIO_ENCODING_ALAW,
 }
 
 

@@ -146,6 +146,10 @@ class _AudioEncodingEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AudioEn
     AUDIO_ENCODING_MP3: _AudioEncoding.ValueType  # 3
     AUDIO_ENCODING_OPUS: _AudioEncoding.ValueType  # 4
     """Opus in an Ogg container."""
+    AUDIO_ENCODING_MULAW: _AudioEncoding.ValueType  # 5
+    """G.711 mu-law, one byte a sample, no header, 8 kHz (SIP, Twilio media streams)."""
+    AUDIO_ENCODING_ALAW: _AudioEncoding.ValueType  # 6
+    """G.711 A-law, one byte a sample, no header, 8 kHz."""
 
 class AudioEncoding(_AudioEncoding, metaclass=_AudioEncodingEnumTypeWrapper):
     """How audio bytes are encoded on the wire or in storage."""
@@ -158,6 +162,10 @@ AUDIO_ENCODING_PCM16: AudioEncoding.ValueType  # 2
 AUDIO_ENCODING_MP3: AudioEncoding.ValueType  # 3
 AUDIO_ENCODING_OPUS: AudioEncoding.ValueType  # 4
 """Opus in an Ogg container."""
+AUDIO_ENCODING_MULAW: AudioEncoding.ValueType  # 5
+"""G.711 mu-law, one byte a sample, no header, 8 kHz (SIP, Twilio media streams)."""
+AUDIO_ENCODING_ALAW: AudioEncoding.ValueType  # 6
+"""G.711 A-law, one byte a sample, no header, 8 kHz."""
 Global___AudioEncoding: _TypeAlias = AudioEncoding  # noqa: Y015
 
 @_typing.final

@@ -224,3 +224,40 @@ async def test_overlapping_calls_share_a_lease_per_caller_and_release_it_last(
     emulator.state.release_streams()
     assert await read_rest(second) and await read_rest(admin)
     assert await active_leases(channel, voice.voice_id) == 0
+
+
+@pytest.mark.parametrize(
+    ("encoding", "subtype"),
+    [(common_pb2.AUDIO_ENCODING_MULAW, "ULAW"), (common_pb2.AUDIO_ENCODING_ALAW, "ALAW")],
+)
+async def test_telephony_audio_is_g711_at_8khz_streamed_and_whole(
+    start_runtime, open_channel, emulator, sample_wav, encoding, subtype
+):
+    """What SIP trunks and Twilio media streams carry: 8 kHz G.711, one byte a sample, no
+    header; a stream's bytes are those of the whole answer."""
+    channel = open_channel(await start_runtime())
+    md = auth(ALICE_KEY)
+    voice = await ready_voice(channel, md, sample_wav)
+    synth = synthesizer_pb2_grpc.SynthesizerServiceStub(channel)
+    fmt = common_pb2.AudioFormat(encoding=encoding)
+
+    call = synth.SynthesizeStream(
+        spb.SynthesizeStreamRequest(voice_id=voice.voice_id, text=TEXT, format=fmt, seed=3),
+        metadata=md,
+    )
+    chunks = await read_rest(call)
+    unary = await synth.Synthesize(
+        spb.SynthesizeRequest(voice_id=voice.voice_id, text=TEXT, format=fmt, seed=3),
+        metadata=md,
+    )
+
+    assert chunks[0].format.encoding == encoding and chunks[0].format.sample_rate_hz == 8000
+    assert unary.format.sample_rate_hz == 8000
+    streamed = b"".join(c.audio_chunk for c in chunks)
+    assert streamed == unary.audio
+    seconds = unary.audio_duration.ToNanoseconds() / 1e9
+    assert len(unary.audio) == pytest.approx(8000 * seconds, abs=2)
+    samples, _ = sf.read(
+        io.BytesIO(unary.audio), samplerate=8000, channels=1, format="RAW", subtype=subtype
+    )
+    assert np.abs(samples).max() > 0.01  # sound, not silence
