@@ -402,11 +402,8 @@ def mark_unreachable(
     *,
     now: datetime,
     generation: int | None,
-) -> tuple[list[dict[str, Any]], bool]:
-    """Ready=Unknown because the allocator could not be asked. Also returns whether this
-    is news (Ready was not already Unknown for that reason): worth one event, not one
-    per refresh."""
-    news = not was_unreachable(conditions)
+) -> list[dict[str, Any]]:
+    """Ready=Unknown because the allocator could not be asked."""
     result = default_conditions(conditions, now=now, generation=generation)
     result = set_condition(
         result,
@@ -417,7 +414,7 @@ def mark_unreachable(
         now=now,
         generation=generation,
     )
-    return result, news
+    return result
 
 
 def was_unreachable(conditions: Iterable[Mapping[str, Any]]) -> bool:

@@ -69,6 +69,12 @@ class _Ledger:
     Kubernetes is asked anything."""
     written: dict[str, Any] = field(default_factory=dict)
     """The status written then (None: field removed), to notice it was overwritten."""
+    ignored: str | None = None
+    """The condition (Refused, Conflict) this process last ignored the object for."""
+    down: bool | None = None
+    """Whether this process last found the allocator unreachable; None: never looked
+    (the object's Ready condition says). Handlers of one object overlap and read bodies
+    from before each other's patches: this keeps their events from doubling."""
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
@@ -172,7 +178,7 @@ class Reconciler:
                 after, conditions = ledger.event_id, ledger.conditions
             else:
                 after, conditions = None, list(status.get("conditions") or [])
-            was_down = was_unreachable(status.get("conditions") or [])
+            was_down = _was_down(ledger, status)
             # Events first, then the voice: its state is then at least as new as the
             # history, so "ready now" soundly closes a drift or stuck reset seen in it.
             voice: VoiceSnapshot | None = None
@@ -187,10 +193,12 @@ class Reconciler:
             if voice is not None:
                 stand = standing(rt, me, voice, claims)
                 if not stand.acts:
-                    self._ignore(body, voice, stand, me, patch, conditions, generation, now)
+                    self._ignore(body, voice, stand, me, patch, conditions, generation, now, ledger)
                     ledger.seen, ledger.voice, ledger.written = None, voice, {}
                     ledger.event_id, ledger.conditions = -1, []
+                    ledger.ignored, ledger.down = stand.blocker, False
                     return voice
+                ledger.ignored = None
                 if voice.pinned != bool(spec.get("pinned", False)):
                     voice = await self.set_pinned(voice_id, bool(spec.get("pinned", False)))
             conditions, notices = fold_events(conditions, events, generation=generation)
@@ -217,6 +225,7 @@ class Reconciler:
             if after is not None:
                 for notice in notices:
                     kopf.event(body, type=notice.type, reason=notice.reason, message=notice.message)
+            ledger.down = False
             if was_down:
                 kopf.event(
                     body,
@@ -237,6 +246,7 @@ class Reconciler:
         conditions: list[dict[str, Any]],
         generation: int | None,
         now: datetime,
+        ledger: _Ledger,
     ) -> None:
         """Say why the VoiceSlot is ignored; leave the voice and its state alone."""
         if stand.blocker == REFUSED:
@@ -250,7 +260,10 @@ class Reconciler:
                 f"ignored (no pin, unpin or reclaim) while it does"
             )
         blocker = str(stand.blocker)
-        news = (get_condition(conditions, blocker) or {}).get("status") != "True"
+        news = (
+            ledger.ignored != blocker
+            and (get_condition(conditions, blocker) or {}).get("status") != "True"
+        )
         result = default_conditions(conditions, now=now, generation=generation)
         result = set_condition(
             result, blocker, "True", reason, message, now=now, generation=generation
@@ -286,7 +299,9 @@ class Reconciler:
         generation = meta.get("generation")
         ledger = self._ledger(_key(meta))
         ledger.seen = None  # the next look is a full one
-        conditions, news = mark_unreachable(
+        news = not _was_down(ledger, status)
+        ledger.down = True
+        conditions = mark_unreachable(
             status.get("conditions") or ledger.conditions,
             str(error),
             now=datetime.now(UTC),
@@ -316,6 +331,12 @@ def _clear(
                 conditions, type_, "False", reason, "", now=now, generation=generation
             )
     return conditions
+
+
+def _was_down(ledger: _Ledger, status: Mapping[str, Any]) -> bool:
+    if ledger.down is not None:
+        return ledger.down
+    return was_unreachable(status.get("conditions") or [])
 
 
 def _key(meta: Mapping[str, Any]) -> str:

@@ -15,11 +15,13 @@ The class is a ``BaseSettings`` so that it can be loaded on its own
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
+from typing import Annotated
 
 from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ENV_PREFIX = "VOICESLOT_OPERATOR__"
 
@@ -75,7 +77,9 @@ class OperatorConfig(BaseSettings):
     retry_max_delay_s: float = Field(default=300.0, gt=0)
     """Longest delay between two tries of one failing handler or loop."""
 
-    namespace_owners: dict[str, tuple[str, ...]] = Field(default_factory=dict)
+    # NoDecode: the JSON is parsed by the validator below, so that an empty variable
+    # (what the chart renders for "not set") means the default instead of an error.
+    namespace_owners: Annotated[dict[str, tuple[str, ...]], NoDecode] = Field(default_factory=dict)
     """Tenancy: which voice owners the VoiceSlots of each namespace may act for, e.g.
     ``{"team-a": ["alice", "bob"], "ops": ["*"]}`` (``"*"``: any owner). A VoiceSlot
     naming a voice whose owner its namespace may not act for is refused: a ``Refused``
@@ -133,8 +137,10 @@ class OperatorConfig(BaseSettings):
 
     @field_validator("namespace_owners", mode="before")
     @classmethod
-    def _empty_owners_is_unset(cls, value: object) -> object:
-        return {} if value in ("", None) else value
+    def _owners_from_json(cls, value: object) -> object:
+        if isinstance(value, str):
+            return json.loads(value) if value.strip() else {}
+        return {} if value is None else value
 
     @field_validator("mirror_namespace", "liveness_endpoint", mode="after")
     @classmethod

@@ -530,16 +530,48 @@ class Stack:
         start = self.runs(task)
         await eventually(lambda: self.runs(task) >= start + rounds, what=f"{rounds} {task} rounds")
 
-    async def observed(self, name: str, phase: str) -> dict[str, Any]:
+    async def observed(self, name: str, phase: str, namespace: str = NAMESPACE) -> dict[str, Any]:
         """Wait until the operator has mirrored ``phase`` into the VoiceSlot's status."""
         return await eventually(
             lambda: (
-                self.cluster.status(name)
-                if self.cluster.status(name).get("phase") == phase
+                self.cluster.status(name, namespace)
+                if self.cluster.status(name, namespace).get("phase") == phase
                 else None
             ),
             what=f"VoiceSlot {name} phase {phase}",
         )
+
+    async def watched_voice(self, name: str, **spec: Any) -> pb.Voice:
+        """A READY voice (no lease) and a VoiceSlot ``name`` for it, observed Ready."""
+        voice = await self.allocator.ready_voice(name)
+        await self.cluster.create(name, voice.voice_id, **spec)
+        await self.observed(name, "Ready")
+        return voice
+
+    async def condition(
+        self, name: str, type_: str, status: str, namespace: str = NAMESPACE, **kw: Any
+    ) -> dict[str, Any]:
+        """Wait until the VoiceSlot's ``type_`` condition has ``status``; returns it."""
+        return await eventually(
+            lambda: (
+                (c := self.cluster.condition(name, type_, namespace)).get("status") == status and c
+            ),
+            what=f"{type_}={status} on {name}",
+            **kw,
+        )
+
+    def counter(self, name: str, **labels: str) -> float:
+        return self.metrics.value(f"voiceslot_operator_{name}", **labels)
+
+    async def counted(self, name: str, more: int = 3, **labels: str) -> None:
+        """Wait until an operator counter moved by ``more`` from now."""
+        start = self.counter(name, **labels)
+        await eventually(
+            lambda: self.counter(name, **labels) >= start + more, what=f"{more} more {name}"
+        )
+
+    def live_remote_ids(self) -> set[str]:
+        return {v.voice_id for v in self.emulator.state.live_voices("elevenlabs")}
 
 
 @pytest.fixture

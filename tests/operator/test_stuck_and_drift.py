@@ -73,9 +73,7 @@ async def test_allocation_stuck_past_its_timeout_is_reset(start_stack) -> None:
 
 async def test_remote_voice_deleted_behind_our_back_is_drifted_then_repaired(start_stack) -> None:
     stack = await start_stack(capacity=2)
-    voice = await stack.allocator.ready_voice("drifty")
-    await stack.cluster.create("drifty", voice.voice_id)
-    await stack.observed("drifty", "Ready")
+    voice = await stack.watched_voice("drifty")
     assert stack.cluster.condition("drifty", "Drifted")["status"] == "False"
 
     # The repair's clone takes a few seconds, long enough to see the drift on the VoiceSlot.
