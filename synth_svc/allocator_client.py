@@ -20,7 +20,7 @@ import grpc
 from grpc_status import rpc_status
 
 from synth_svc.domain.timing import renew_every_s
-from voiceslot import errors
+from voiceslot import errors, telemetry
 from voiceslot.logs import get_logger
 from voiceslot.v1 import allocator_pb2 as pb
 from voiceslot.v1 import allocator_pb2_grpc as pb_grpc
@@ -81,7 +81,9 @@ class AllocatorClient:
         self._pending: dict[tuple[str, str], asyncio.Future[None]] = {}
 
     def _metadata(self) -> tuple[tuple[str, str], ...]:
-        return (("authorization", f"Bearer {self._credential()}"),)
+        # The trace context too (W3C traceparent; nothing while tracing is off), so the
+        # allocator's spans join the synthesis call's trace.
+        return (("authorization", f"Bearer {self._credential()}"), *telemetry.trace_metadata())
 
     async def close(self) -> None:
         await self._channel.close()

@@ -19,11 +19,15 @@ metadata: ``trace_metadata`` on the client side, ``extract`` in the server inter
 
 from __future__ import annotations
 
+import inspect
 import os
-from collections.abc import Iterator, Mapping
+import threading
+from collections.abc import AsyncIterator, Awaitable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
+from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
@@ -96,7 +100,10 @@ def configure_tracing(env: Mapping[str, str] | None = None) -> bool:
             log.warning("only OTLP over gRPC is installed; using it", protocol=protocol)
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
-        exporter = OTLPSpanExporter()
+        endpoint = env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or env.get(
+            "OTEL_EXPORTER_OTLP_ENDPOINT"
+        )
+        exporter = OTLPSpanExporter(endpoint=endpoint or None)  # None: the exporter's default
     elif kind == "console":
         exporter = ConsoleSpanExporter()
     else:
@@ -113,13 +120,19 @@ def configure_tracing(env: Mapping[str, str] | None = None) -> bool:
     return True
 
 
+SHUTDOWN_TIMEOUT_S = 5.0
+
+
 def shutdown_tracing() -> None:
     """Send the spans still batched (the process may end with os._exit, which skips the
-    SDK's own exit hook)."""
+    SDK's own exit hook), waiting at most ``SHUTDOWN_TIMEOUT_S``: an unreachable
+    collector would otherwise hold the exit for the exporter's retries."""
     provider = TRACING.provider
     disable_tracing()
     if provider is not None and hasattr(provider, "shutdown"):
-        provider.shutdown()
+        flusher = threading.Thread(target=provider.shutdown, name="otel-shutdown", daemon=True)
+        flusher.start()
+        flusher.join(SHUTDOWN_TIMEOUT_S)
 
 
 @contextmanager
@@ -142,6 +155,39 @@ def span(name: str, **attributes: Any) -> Any:
     return _span(name, attributes)
 
 
+@dataclass(frozen=True)
+class ServerSpan:
+    span: trace.Span
+    token: object
+
+
+def start_server_span(method: str, metadata: Iterable[tuple[str, Any]]) -> ServerSpan:
+    """A SERVER span for one incoming call (``/pkg.Service/Method``), child of the
+    caller's span when its metadata carries a ``traceparent``; current until
+    ``end_server_span``. Only called while tracing is on."""
+    parent = propagate.extract({k: v for k, v in metadata if isinstance(v, str)})
+    service, _, name = method.lstrip("/").partition("/")
+    span = TRACING.tracer.start_span(
+        f"{service}/{name}",
+        context=parent,
+        kind=trace.SpanKind.SERVER,
+        attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": name},
+    )
+    return ServerSpan(span, otel_context.attach(trace.set_span_in_context(span, parent)))
+
+
+def fail_server_span(code_name: str, code_value: int, error: Exception) -> None:
+    """Mark the current call's span failed with its gRPC status."""
+    current = trace.get_current_span()
+    current.set_attribute("rpc.grpc.status_code", code_value)
+    current.set_status(trace.Status(trace.StatusCode.ERROR, f"{code_name}: {error}"[:200]))
+
+
+def end_server_span(server_span: ServerSpan) -> None:
+    otel_context.detach(server_span.token)  # type: ignore[arg-type]
+    server_span.span.end()
+
+
 def trace_metadata() -> tuple[tuple[str, str], ...]:
     """The current trace context as gRPC metadata (``traceparent``, ``tracestate``), for
     a call to another service; empty while tracing is off."""
@@ -150,6 +196,96 @@ def trace_metadata() -> tuple[tuple[str, str], ...]:
     carrier: dict[str, str] = {}
     propagate.inject(carrier)
     return tuple(carrier.items())
+
+
+class Traced:
+    """``target`` (a provider adapter, a storage) with every public call in a CLIENT span
+    named ``<kind>/<method>`` (beside the steps' own ``provider.clone``-style spans): coroutines for as long as they run, async iterators
+    (listings, streamed synthesis) until they end. Wrapped only while tracing is on (see
+    ``voiceslot.cli.runtime``), so without tracing calls go straight to the target."""
+
+    def __init__(self, target: Any, kind: str, **attributes: str) -> None:
+        self._target = target
+        self._kind = kind
+        self._attributes = attributes
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self._target, name)
+        if name.startswith("_") or not callable(value) or isinstance(value, type):
+            return value
+        span_name = f"{self._kind}/{name}"
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            result = value(*args, **kwargs)
+            if inspect.isawaitable(result):
+                return self._awaited(span_name, result)
+            if hasattr(result, "__aiter__"):
+                return self._iterated(span_name, result)
+            return result
+
+        return call
+
+    async def _awaited(self, name: str, work: Awaitable[Any]) -> Any:
+        with TRACING.tracer.start_as_current_span(
+            name, kind=trace.SpanKind.CLIENT, attributes=self._attributes
+        ):
+            return await work
+
+    async def _iterated(self, name: str, items: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        # Not made current: a generator's context is its consumer's, between items.
+        span = TRACING.tracer.start_span(
+            name, kind=trace.SpanKind.CLIENT, attributes=self._attributes
+        )
+        try:
+            async for item in items:
+                yield item
+        except Exception as exc:
+            span.record_exception(exc)
+            span.set_status(trace.Status(trace.StatusCode.ERROR, type(exc).__name__))
+            raise
+        finally:
+            aclose = getattr(items, "aclose", None)
+            if aclose is not None:  # a consumer that stopped early closes the source too
+                await aclose()
+            span.end()
+
+
+def trace_engine(engine: Any, database: str) -> None:
+    """A ``db.transaction`` span per transaction of ``engine`` (a SQLAlchemy engine,
+    sync or async), from BEGIN to COMMIT or ROLLBACK, counting its statements: one span
+    per group of statements the repositories run together. Child of the span current
+    when the transaction began (SQLAlchemy's asyncio greenlets carry the caller's
+    context); transactions outside any trace make none. Installed only while tracing is
+    on."""
+    from sqlalchemy import event
+
+    sync = getattr(engine, "sync_engine", engine)
+    attributes = {"db.system": sync.dialect.name, "db.name": database}
+
+    def begin(conn: Any) -> None:
+        # Only inside a trace: background loops (dispatcher polls, gauge refreshes) would
+        # otherwise start a one-span trace several times a second.
+        if TRACING.on and trace.get_current_span().is_recording():
+            conn.info["otel.span"] = TRACING.tracer.start_span(
+                "db.transaction", kind=trace.SpanKind.CLIENT, attributes=attributes
+            )
+            conn.info["otel.statements"] = 0
+
+    def statement(conn: Any, *_args: Any) -> None:
+        if "otel.span" in conn.info:
+            conn.info["otel.statements"] += 1
+
+    def finish(conn: Any, outcome: str) -> None:
+        span = conn.info.pop("otel.span", None)
+        if span is not None:
+            span.set_attribute("db.statements", conn.info.pop("otel.statements", 0))
+            span.set_attribute("db.outcome", outcome)
+            span.end()
+
+    event.listen(sync, "begin", begin)
+    event.listen(sync, "before_cursor_execute", statement)
+    event.listen(sync, "commit", lambda conn: finish(conn, "commit"))
+    event.listen(sync, "rollback", lambda conn: finish(conn, "rollback"))
 
 
 RPCS = Counter("voiceslot_rpc_total", "gRPC calls handled", ["method", "code"])

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from allocator_svc.app import AllocatorApp, build_allocator
 from synth_svc.app import SynthApp, build_synth
+from voiceslot import telemetry
 from voiceslot.auth import generate_key
 from voiceslot.config import Settings
 from voiceslot.credentials import key_table
@@ -24,7 +25,6 @@ from voiceslot.logs import get_logger
 from voiceslot.providers.registry import build_providers
 from voiceslot.rpc.server import RunningServer, start_server
 from voiceslot.storage.factory import build_storage
-from voiceslot.telemetry import serve_metrics
 
 log = get_logger("voiceslot.runtime")
 
@@ -57,6 +57,12 @@ class Runtime:
         keys = key_table(settings, internal_key=internal_key)
         storage = build_storage(settings)
         self.providers = build_providers(settings, storage=storage)
+        if telemetry.TRACING.on:  # spans around every storage and provider call
+            storage = telemetry.Traced(storage, "storage")
+            self.providers = {
+                name: telemetry.Traced(provider, "provider", provider=name)
+                for name, provider in self.providers.items()
+            }
         registrations = []
         if "allocator" in only:
             self.allocator = await build_allocator(
@@ -84,8 +90,18 @@ class Runtime:
                 private_target or f"127.0.0.1:{self.server.port}", internal_key=internal_key
             )
         if settings.metrics_port:
-            serve_metrics(settings.metrics_port)
+            telemetry.serve_metrics(settings.metrics_port)
+        if telemetry.TRACING.on:
+            self._trace_databases()
         return self
+
+    def _trace_databases(self) -> None:
+        if self.allocator is not None:
+            telemetry.trace_engine(self.allocator.engine, "allocator")
+            if self.allocator.hot_engine is not None:
+                telemetry.trace_engine(self.allocator.hot_engine, "allocator")
+        if self.synth is not None:
+            telemetry.trace_engine(self.synth.engine, "synth")
 
     async def stop(self) -> None:
         """Drain the server, then stop the services' background work and close providers.
@@ -125,11 +141,15 @@ async def serve(
     on_ready: Callable[[int], None] | None = None,
     reuse_port: bool = False,
 ) -> None:
-    runtime = await Runtime(settings, reuse_port=reuse_port).start(only=only)
+    telemetry.configure_tracing()  # when the OTEL_* variables ask for it
     try:
-        if on_ready is not None:
-            on_ready(runtime.port)
-        await stop.wait()
-        log.info("shutting down", grace_s=settings.shutdown_grace_s)
+        runtime = await Runtime(settings, reuse_port=reuse_port).start(only=only)
+        try:
+            if on_ready is not None:
+                on_ready(runtime.port)
+            await stop.wait()
+            log.info("shutting down", grace_s=settings.shutdown_grace_s)
+        finally:
+            await runtime.stop()
     finally:
-        await runtime.stop()
+        telemetry.shutdown_tracing()

@@ -1,6 +1,7 @@
 """One server interceptor that wraps every handler with the cross-cutting concerns, in
 this order: request id → authentication → admin check → rate limit → logging, metrics
-and error mapping.
+and error mapping; while tracing is on, a SERVER span (child of the caller's
+``traceparent``) covers it all and is current for the handler.
 
 grpc.aio interceptors only see the method name and metadata before the call; to bind
 log context for the handler's whole run and to map its exceptions, each RpcMethodHandler
@@ -221,6 +222,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         handler_factory, behaviour, streaming_request, streaming_response = _shape(handler)
         calls_ok = telemetry.RPCS.labels(method, "OK")
         seconds = telemetry.RPC_SECONDS.labels(method)
+        tracing = telemetry.TRACING  # while off, one attribute read per call: no span work
 
         def begin(request: Any, context: grpc.aio.ServicerContext) -> Any:
             """Admit the call and return the checked request."""
@@ -245,6 +247,8 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                 log.info("rpc failed", method=method, code=code.name, error=str(exc))
             telemetry.RPCS.labels(method, code.name).inc()
             seconds.observe(time.perf_counter() - started)
+            if tracing.on:
+                telemetry.fail_server_span(code.name, code.value[0], exc)
             await context.abort_with_status(
                 to_rpc_status(exc, trailing=(("x-request-id", _request_id.get()),))
             )
@@ -259,6 +263,11 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             async def unary_response(request: Any, context: grpc.aio.ServicerContext) -> Any:
                 started = time.perf_counter()
                 self._enter()
+                traced = (
+                    telemetry.start_server_span(method, context.invocation_metadata() or ())
+                    if tracing.on
+                    else None
+                )
                 try:
                     response = await behaviour(begin(request, context), context)
                 except Exception as exc:
@@ -271,6 +280,8 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                     return response
                 finally:
                     self._exit()
+                    if traced is not None:
+                        telemetry.end_server_span(traced)
 
             wrapped = unary_response
         else:
@@ -280,6 +291,11 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             ) -> AsyncIterator[Any]:
                 started = time.perf_counter()
                 self._enter()
+                traced = (
+                    telemetry.start_server_span(method, context.invocation_metadata() or ())
+                    if tracing.on
+                    else None
+                )
                 try:
                     result = behaviour(begin(request, context), context)
                     if hasattr(result, "__aiter__"):
@@ -295,6 +311,8 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                     ok(started)
                 finally:
                     self._exit()
+                    if traced is not None:
+                        telemetry.end_server_span(traced)
 
             wrapped = stream_response
 
