@@ -20,7 +20,7 @@ from voiceslot import validation
 from voiceslot.auth import Principal
 from voiceslot.clock import Clock
 from voiceslot.config import SynthConfig
-from voiceslot.errors import InvalidArgument, NotFound, PermissionDenied
+from voiceslot.errors import InvalidArgument, NotFound
 from voiceslot.ids import require_id
 from voiceslot.pagination import decode_token, encode_token, page_size
 from voiceslot.storage.base import Storage
@@ -86,8 +86,6 @@ class BatchJobs:
         fmt: OutputFormat,
         idempotency_key: str,
     ) -> Job:
-        if not who.is_admin:
-            raise PermissionDenied("creating batch jobs is admin only")
         require_id("voice_id", voice_id, "v")
         key = validation.idempotency_key("idempotency_key", idempotency_key)
         if key and (existing := await self.jobs.find_by_idempotency_key(who.user, key)):
@@ -95,9 +93,12 @@ class BatchJobs:
         clean = validate_items(
             items, max_items=self.config.max_batch_items, max_chars=self.config.max_text_chars
         )
-        await self.allocator.get_voice(
-            voice_id
-        )  # NOT_FOUND / INVALID_ARGUMENT before anything is stored
+        # NOT_FOUND / INVALID_ARGUMENT before anything is stored. Asked with the caller's
+        # own credential, so the allocator already hides other users' voices; checked
+        # here too, as the job later runs with the synthesizer's own credential.
+        voice = await self.allocator.get_voice(voice_id)
+        if who.owner_filter() not in (None, voice.owner):
+            raise NotFound(f"voice {voice_id} not found")
         job, _ = await self.jobs.create_job(
             owner=who.user,
             voice_id=voice_id,
@@ -106,6 +107,7 @@ class BatchJobs:
             sample_rate=fmt.sample_rate,
             idempotency_key=key,
             now=self.clock.now(),
+            max_unfinished=None if who.is_admin else self.config.max_unfinished_jobs_per_user,
         )
         if self.on_created is not None:
             self.on_created()

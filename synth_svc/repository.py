@@ -13,13 +13,14 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from synth_svc.domain.batch import Counts, ItemState, JobState, job_state_after
 from synth_svc.models import BatchItemRow, BatchJobRow
-from voiceslot.errors import NotFound, bounded
+from voiceslot.db import advisory_lock_key
+from voiceslot.errors import NotFound, QuotaExceeded, QuotaViolation, bounded
 from voiceslot.ids import new_id
 
 
@@ -104,11 +105,17 @@ class JobRepository:
         sample_rate: int,
         idempotency_key: str | None,
         now: datetime,
+        max_unfinished: int | None = None,
     ) -> tuple[Job, bool]:
-        """Insert a job and its items in one transaction; (job, created)."""
+        """Insert a job and its items in one transaction; (job, created). With
+        ``max_unfinished``, refuse (QuotaExceeded) an owner who already has that many
+        jobs pending or running; checked under a per-owner lock on PostgreSQL (SQLite's
+        transactions are serialized anyway), so concurrent creates cannot both pass."""
         job_id = new_id("job")
         try:
             async with self._sessions.begin() as s:
+                if max_unfinished is not None:
+                    await self._check_unfinished(s, owner, max_unfinished)
                 s.add(
                     BatchJobRow(
                         id=job_id,
@@ -156,6 +163,26 @@ class JobRepository:
                 ).scalar_one()
                 return _job(row), False
         return await self.get_job(job_id, owner=None), True
+
+    @staticmethod
+    async def _check_unfinished(s: AsyncSession, owner: str, cap: int) -> None:
+        if s.get_bind().dialect.name == "postgresql":
+            key = advisory_lock_key(f"voiceslot.synth.jobs:{owner}")
+            await s.execute(select(func.pg_advisory_xact_lock(key)))
+        unfinished = (
+            await s.execute(
+                select(func.count()).where(
+                    BatchJobRow.owner == owner,
+                    BatchJobRow.state.in_((JobState.PENDING.value, JobState.RUNNING.value)),
+                )
+            )
+        ).scalar_one()
+        if unfinished >= cap:
+            raise QuotaExceeded(
+                f"{unfinished} batch jobs of yours are still pending or running; the limit "
+                f"is {cap}: wait for one to finish or cancel one",
+                violations=(QuotaViolation(f"user:{owner}", f"{cap} unfinished batch jobs"),),
+            )
 
     async def find_by_idempotency_key(self, owner: str, key: str) -> Job | None:
         async with self._sessions() as s:

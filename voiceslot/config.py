@@ -170,6 +170,9 @@ class SynthConfig(BaseModel):
     max_text_chars: int = Field(default=5000, ge=1)
     """Longest text per request; longer is INVALID_ARGUMENT, never truncated."""
     max_batch_items: int = Field(default=1000, ge=1)
+    max_unfinished_jobs_per_user: int = Field(default=10, ge=1)
+    """Batch jobs a user (not an admin) may have pending or running at once; one more is
+    RESOURCE_EXHAUSTED until one finishes or is cancelled."""
     batch_workers: int = Field(default=2, ge=0)
     """Concurrent batch items per replica; 0 disables the batch worker."""
     item_max_attempts: int = Field(default=4, ge=1)

@@ -120,10 +120,16 @@ def alembic_config(script_location: Path, url: str, *, version_table: str) -> Al
     return cfg
 
 
-def migration_lock_key(version_table: str) -> int:
-    """A stable signed 64-bit PostgreSQL advisory lock key per service."""
-    digest = hashlib.sha256(f"voiceslot:migrate:{version_table}".encode()).digest()
+def advisory_lock_key(name: str) -> int:
+    """A stable signed 64-bit PostgreSQL advisory lock key for ``name`` (Python's
+    ``hash`` is salted per process; every replica must agree on the key)."""
+    digest = hashlib.sha256(name.encode()).digest()
     return int.from_bytes(digest[:8], "big", signed=True)
+
+
+def migration_lock_key(version_table: str) -> int:
+    """The advisory lock key under which one service's migrations run."""
+    return advisory_lock_key(f"voiceslot:migrate:{version_table}")
 
 
 async def upgrade_to_head(script_location: Path, url: str, *, version_table: str) -> None:

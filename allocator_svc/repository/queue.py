@@ -8,7 +8,6 @@ A request is a row: ``queued`` → ``leased`` (claimed, with a token and an expi
 
 from __future__ import annotations
 
-import hashlib
 from datetime import datetime
 from typing import Any
 
@@ -30,14 +29,13 @@ from allocator_svc.records import (
 )
 from allocator_svc.repository._base import HOLDING, S, record, transition
 from allocator_svc.repository.leases import EnsureParams, LeasesRepository
+from voiceslot.db import advisory_lock_key
 from voiceslot.errors import FailedPrecondition, QuotaExceeded, QuotaViolation
 
 
 def owner_lock_key(owner: str) -> int:
-    """A stable signed 64-bit advisory-lock key for a user (Python's ``hash`` is salted
-    per process; replicas must agree)."""
-    digest = hashlib.blake2b(f"voiceslot.allocator.owner:{owner}".encode(), digest_size=8)
-    return int.from_bytes(digest.digest(), "big", signed=True)
+    """The advisory lock key that serializes one user's enqueues (their queued cap)."""
+    return advisory_lock_key(f"voiceslot.allocator.owner:{owner}")
 
 
 class QueueRepository(LeasesRepository):

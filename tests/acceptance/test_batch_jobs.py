@@ -70,7 +70,8 @@ async def test_bad_briefs_are_rejected_and_store_nothing(channel, ready_voice):
     exc = await expect(grpc.StatusCode.INVALID_ARGUMENT, create([spb.BatchItemInput(name="blank", text="  ")]))
     assert field_violations(exc) == ["items[0].text"]
     await expect(grpc.StatusCode.NOT_FOUND, create([spb.BatchItemInput(name="a", text="b")], voice_id="v_" + "0" * 32))
-    await expect(grpc.StatusCode.PERMISSION_DENIED, create([spb.BatchItemInput(name="a", text="b")], key=auth(ALICE_KEY)))
+    # Another user's voice is not Alice's to render with: as if it did not exist.
+    await expect(grpc.StatusCode.NOT_FOUND, create([spb.BatchItemInput(name="a", text="b")], key=auth(ALICE_KEY)))
     assert list((await synth.ListBatchJobs(spb.ListBatchJobsRequest(), metadata=md)).jobs) == []
 
 
@@ -87,3 +88,37 @@ async def test_cancel_stops_pending_items(channel, ready_voice, runtime):
     assert final.succeeded_items < 30
     again = (await synth.CancelBatchJob(spb.CancelBatchJobRequest(job_id=job.job_id), metadata=md)).job
     assert again.state == spb.BATCH_JOB_STATE_CANCELLED  # no-op
+
+
+async def test_a_user_renders_briefs_with_their_own_voice_within_a_quota(make_settings, sample_wav):
+    """Batch jobs are open to every user, for their own voices, with at most
+    ``max_unfinished_jobs_per_user`` pending or running at once (admins are not capped)."""
+    from voiceslot.cli.runtime import Runtime
+    from voiceslot.config import SynthConfig
+
+    settings = make_settings(synth=SynthConfig(max_unfinished_jobs_per_user=1, batch_workers=0))
+    rt = await Runtime(settings).start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{rt.port}") as channel:
+            synth = synthesizer_pb2_grpc.SynthesizerServiceStub(channel)
+            alice = auth(ALICE_KEY)
+            voice = await register(channel, alice, sample_wav, name="alice's voice")
+            items = [spb.BatchItemInput(name="one", text="Hello there.")]
+
+            def create(md=alice):
+                return synth.CreateBatchJob(
+                    spb.CreateBatchJobRequest(voice_id=voice.voice_id, items=items), metadata=md
+                )
+
+            job = (await create()).job
+            assert job.owner == "alice" and job.state == spb.BATCH_JOB_STATE_PENDING
+            # No worker runs here (batch_workers=0): the first job stays unfinished.
+            exc = await expect(grpc.StatusCode.RESOURCE_EXHAUSTED, create())
+            assert "1" in exc.details() and "cancel" in exc.details()
+            await create(auth(ADMIN_KEY))  # admins are not capped
+            await synth.CancelBatchJob(spb.CancelBatchJobRequest(job_id=job.job_id), metadata=alice)
+            assert (await create()).job.job_id != job.job_id  # room again
+            listed = (await synth.ListBatchJobs(spb.ListBatchJobsRequest(), metadata=alice)).jobs
+            assert {j.owner for j in listed} == {"alice"} and len(listed) == 2
+    finally:
+        await rt.stop()

@@ -43,7 +43,7 @@ ADMIN_METHODS = frozenset(
         "SetVoicePinned",
         "RunMaintenance",
     )
-) | {"/voiceslot.v1.SynthesizerService/CreateBatchJob"}
+)
 
 _principal: contextvars.ContextVar[Principal | None] = contextvars.ContextVar(
     "principal", default=None
