@@ -90,6 +90,8 @@ class SlotView:
     active_leases: int
     lease_holder: str
     last_used_at: datetime | None
+    state_since: datetime | None = None
+    """When the voice entered its current state, by the allocator's clock."""
 
 
 @dataclass(frozen=True)
@@ -156,6 +158,7 @@ def slot_view(s: pb.Slot) -> SlotView:
         active_leases=s.active_leases,
         lease_holder=s.lease_holder,
         last_used_at=_time(s, "last_used_at"),
+        state_since=_time(s, "state_since"),
     )
 
 

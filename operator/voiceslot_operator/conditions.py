@@ -9,8 +9,11 @@ Conditions follow the Kubernetes convention (``metav1.Condition``): ``type``, ``
 and ``lastTransitionTime``, which changes only when ``status`` flips.
 
 - **Ready** — from the voice's current state: True while it holds a slot and can be used.
-- **Stuck** — True once an allocation was reset for being stuck in Allocating, until the
-  voice is ready again (then False, reason ``Recovered``).
+- **Stuck** — True once an allocation was reset for being stuck in Allocating (the
+  allocator's ``STUCK_RESET`` event), or while the allocator reports the voice in
+  Allocating for longer than the allocation timeout (``AllocationOverdue``), until the
+  voice is ready again (then False, reason ``Recovered``). Both come from the allocator's
+  records, so they survive an operator restart.
 - **Drifted** — True when the provider lost the remote copy behind the allocator's back
   (``DriftRemoteMissing``) until the voice is ready again (``Repaired``), or while
   ``spec.provider`` names another provider than the allocator's (``ProviderMismatch``).
@@ -394,6 +397,39 @@ def ready_condition(
                 "UnknownState",
                 "the allocator reported a state this operator does not know",
             )
+
+
+def overdue_s(
+    voice: VoiceSnapshot | None, *, state_since: datetime | None, now: datetime, after_s: float
+) -> float | None:
+    """Seconds the voice has been Allocating (by the allocator's record of when it
+    entered that state), when that is longer than ``after_s``; else None."""
+    if voice is None or voice.phase != "Allocating" or state_since is None:
+        return None
+    age = (now - state_since).total_seconds()
+    return age if age > after_s else None
+
+
+def mark_overdue(
+    conditions: Sequence[Mapping[str, Any]],
+    age_s: float | None,
+    *,
+    now: datetime,
+    generation: int | None,
+) -> list[dict[str, Any]]:
+    """Stuck=True (``AllocationOverdue``) for an allocation past its timeout that the
+    stuck sweep has not reset yet."""
+    if age_s is None:
+        return [dict(c) for c in conditions]
+    return set_condition(
+        conditions,
+        STUCK,
+        "True",
+        "AllocationOverdue",
+        f"allocating for {age_s:.0f}s, past the allocation timeout; the stuck sweep resets it",
+        now=now,
+        generation=generation,
+    )
 
 
 def mark_unreachable(

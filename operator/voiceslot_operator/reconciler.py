@@ -40,8 +40,10 @@ from voiceslot_operator.conditions import (
     default_conditions,
     fold_events,
     get_condition,
+    mark_overdue,
     mark_unreachable,
     observe_voice,
+    overdue_s,
     set_condition,
     status_fields,
     was_unreachable,
@@ -149,13 +151,16 @@ class Reconciler:
             stored = _int(meta.get("annotations", {}).get(LAST_EVENT_ANNOTATION))
             slot = rt.slots.get(voice_id)
             lease_holder = slot.lease_holder if slot else None
+            now = datetime.now(UTC)
             # Steady state costs nothing: if the sweep shows the voice as it was at our last
             # full look, and the spec, lease holder and claims are the same, skip RPCs and
             # the patch. 10k VoiceSlots polled one by one would be thousands of calls a
             # minute.
             cached = rt.voices.get(voice_id) if rt.voices is not None else None
+            since = slot.state_since if slot else None
             seen = (
                 cached,
+                self._overdue(cached, _since(since, cached), now) is not None,
                 bool(spec.get("pinned", False)),
                 spec.get("provider"),
                 generation,
@@ -189,7 +194,6 @@ class Reconciler:
             except (VoiceGone, BadVoiceId):
                 voice, events = None, []
             rt.allocator_reachable(True)
-            now = datetime.now(UTC)
             if voice is not None:
                 stand = standing(rt, me, voice, claims)
                 if not stand.acts:
@@ -207,6 +211,12 @@ class Reconciler:
                 voice,
                 voice_id=voice_id,
                 spec_provider=spec.get("provider"),
+                now=now,
+                generation=generation,
+            )
+            conditions = mark_overdue(
+                conditions,
+                self._overdue(voice, _since(since, voice), now),
                 now=now,
                 generation=generation,
             )
@@ -311,6 +321,11 @@ class Reconciler:
         if news:
             kopf.event(body, type="Warning", reason="AllocatorUnreachable", message=str(error))
 
+    def _overdue(
+        self, voice: VoiceSnapshot | None, since: datetime | None, now: datetime
+    ) -> float | None:
+        return overdue_s(voice, state_since=since, now=now, after_s=self.rt.config.stuck_after_s)
+
     async def set_pinned(self, voice_id: str, pinned: bool) -> VoiceSnapshot:
         voice = await self.rt.admin.set_pinned(voice_id, pinned)
         self.rt.metrics.pin_changes.inc()
@@ -331,6 +346,12 @@ def _clear(
                 conditions, type_, "False", reason, "", now=now, generation=generation
             )
     return conditions
+
+
+def _since(listed: datetime | None, voice: VoiceSnapshot | None) -> datetime | None:
+    """When the voice entered its state: as ListSlots reported it, else (not listed)
+    the allocator's last update of the voice."""
+    return listed or (voice.updated_at if voice else None)
 
 
 def _was_down(ledger: _Ledger, status: Mapping[str, Any]) -> bool:

@@ -63,6 +63,10 @@ class OperatorConfig(BaseSettings):
     stuck_reset_interval_s: float = Field(default=30.0, gt=0)
     """How often allocations stuck past the allocator's timeout are reset:
     RunMaintenance(RESET_STUCK)."""
+    stuck_after_s: float = Field(default=300.0, gt=0)
+    """A voice the allocator reports in Allocating for longer than this shows
+    ``Stuck=True`` (``AllocationOverdue``) before the sweep resets it. Set it to the
+    allocator's ``allocation_timeout_s``."""
     drift_interval_s: float = Field(default=120.0, gt=0)
     """How often provider state is reconciled with the allocator's (orphans deleted,
     vanished voices marked): RunMaintenance(RECONCILE). Lists every remote voice, so it

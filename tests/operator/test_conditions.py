@@ -12,7 +12,9 @@ from voiceslot_operator.conditions import (
     fold_events,
     get_condition,
     is_deletion_ongoing,
+    mark_overdue,
     observe_voice,
+    overdue_s,
     phase_from_state,
     rfc3339,
     set_condition,
@@ -220,3 +222,21 @@ def test_status_fields() -> None:
     # None removes the field in a merge patch: no stale remote id or lease holder.
     assert idle["remoteId"] is None and idle["leaseHolder"] is None
     assert status_fields(None, lease_holder=None)["phase"] is None
+
+
+def test_an_allocation_past_its_timeout_is_overdue() -> None:
+    since = at(0)
+    assert overdue_s(voice("Allocating"), state_since=since, now=at(301), after_s=300) == 301
+    assert overdue_s(voice("Allocating"), state_since=since, now=at(299), after_s=300) is None
+    assert overdue_s(voice("Queued"), state_since=since, now=at(999), after_s=300) is None
+    assert overdue_s(voice("Allocating"), state_since=None, now=at(999), after_s=300) is None
+    marked = mark_overdue([], 301.0, now=at(301), generation=1)
+    stuck = get_condition(marked, "Stuck")
+    assert stuck is not None and (stuck["status"], stuck["reason"]) == ("True", "AllocationOverdue")
+    assert mark_overdue(marked, None, now=at(302), generation=1) == marked
+    # Ready again: the condition settles as after a reset.
+    ready = observe_voice(
+        marked, voice("Ready"), voice_id="v_1", spec_provider=None, now=at(400), generation=1
+    )
+    recovered = get_condition(ready, "Stuck")
+    assert recovered is not None and recovered["reason"] == "Recovered"

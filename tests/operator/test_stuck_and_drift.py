@@ -71,6 +71,23 @@ async def test_allocation_stuck_past_its_timeout_is_reset(start_stack) -> None:
     assert stack.cluster.event_reasons("stuck").count("StuckReset") == 2
 
 
+async def test_an_allocation_past_its_timeout_shows_stuck_before_any_reset(start_stack) -> None:
+    # The operator's threshold is short and the allocator's clock does not move, so the
+    # allocator never resets it: Stuck comes from the allocator's record of how long the
+    # voice has been Allocating, nothing else.
+    stack = await start_stack(capacity=2, stuck_after_s=1.0)
+    stack.emulator.state.faults.inject(Fault(FaultKind.HANG, op=Op.CLONE, times=1, hang_s=120))
+    voice_id = await stack.allocator.register("overdue")
+    await stack.cluster.create("overdue", voice_id)
+    await stack.observed("overdue", "Registered")
+    await stack.allocator.ensure(voice_id)
+    await stack.observed("overdue", "Allocating")
+    stuck = await stack.condition("overdue", "Stuck", "True")
+    assert stuck["reason"] == "AllocationOverdue"
+    assert await stack.allocator.state(voice_id) == "ALLOCATING"
+    assert "STUCK_RESET" not in await stack.allocator.event_reasons(voice_id)
+
+
 async def test_remote_voice_deleted_behind_our_back_is_drifted_then_repaired(start_stack) -> None:
     stack = await start_stack(capacity=2)
     voice = await stack.watched_voice("drifty")
