@@ -217,4 +217,4 @@ class Finalizer:
 
 
 def _alive(claim: Claim) -> Claim:
-    return Claim(claim.created, claim.namespace, claim.name, claim.uid, deleting=False)
+    return replace(claim, deleting=False)

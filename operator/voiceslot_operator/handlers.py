@@ -29,7 +29,7 @@ from voiceslot.logs import get_logger
 from voiceslot_operator.backoff import backoff_delay
 from voiceslot_operator.claims import Claim, claim_of
 from voiceslot_operator.client import AllocatorError, AllocatorUnavailable
-from voiceslot_operator.conditions import is_deletion_ongoing
+from voiceslot_operator.conditions import CONFLICT, is_deletion_ongoing
 from voiceslot_operator.finalizer import FINALIZER, Finalizer
 from voiceslot_operator.kube import GROUP, PLURAL, VERSION
 from voiceslot_operator.loops import Loops
@@ -176,7 +176,11 @@ def build_registry(
             # Said on the object; the next tick is the retry.
             log.warning("refresh failed", name=meta.get("name"), error=str(exc))
             return
-        if voice is None and is_mirrored(meta) and config.mirror_voice_slots:
+        # A mirrored VoiceSlot is redundant once its voice is gone, or once a declared
+        # VoiceSlot stands for the voice (it then owns it; deleting a non-owner never
+        # touches the voice).
+        redundant = voice is None or rec.ignored_for(meta) == CONFLICT
+        if redundant and is_mirrored(meta) and config.mirror_voice_slots:
             try:
                 await loops.forget_mirrored(meta)
             except Exception as exc:  # the next tick tries again

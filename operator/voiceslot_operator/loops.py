@@ -188,7 +188,8 @@ class Loops:
                 log.info("mirrored slot as a VoiceSlot", voice=slot.voice_id, namespace=namespace)
 
     async def forget_mirrored(self, meta: Mapping[str, Any]) -> None:
-        """Delete a mirrored VoiceSlot whose voice is gone (its finalizer still runs)."""
+        """Delete a mirrored VoiceSlot whose voice is gone, or that a declared VoiceSlot
+        replaced (its finalizer still runs, and leaves the voice to the owner)."""
         if await self.rt.kube.delete(str(meta.get("namespace")), str(meta.get("name"))):
             self.rt.metrics.mirrored.labels("deleted").inc()
-            log.info("deleted mirrored VoiceSlot of a deleted voice", name=meta.get("name"))
+            log.info("deleted a redundant mirrored VoiceSlot", name=meta.get("name"))

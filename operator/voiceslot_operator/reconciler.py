@@ -123,6 +123,11 @@ class Reconciler:
             self._ledgers[uid] = _Ledger()
         return self._ledgers[uid]
 
+    def ignored_for(self, meta: Mapping[str, Any]) -> str | None:
+        """The condition (Refused, Conflict) the last refresh ignored the object for."""
+        ledger = self._ledgers.get(_key(meta))
+        return ledger.ignored if ledger else None
+
     def forget(self, meta: Mapping[str, Any]) -> None:
         self._ledgers.pop(_key(meta), None)
 

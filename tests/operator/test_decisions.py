@@ -92,6 +92,13 @@ def test_a_voiceslot_being_deleted_yields_to_a_live_one() -> None:
     assert owner_claim([old], anyone) == old
 
 
+def test_a_mirrored_voiceslot_yields_to_a_declared_one() -> None:
+    mirrored = Claim("2026-01-01T00:00:00Z", "voiceslot", "v-1", "u1", mirrored=True)
+    declared = claim("mine", "2026-01-05T00:00:00Z")
+    assert owner_claim([mirrored, declared], anyone) == declared
+    assert owner_claim([mirrored], anyone) == mirrored
+
+
 def test_refused_voiceslots_never_own_the_voice() -> None:
     squatter = claim("first", "2026-01-01T00:00:00Z", "intruder")
     rightful = claim("second", "2026-01-02T00:00:00Z", "team-a")

@@ -39,3 +39,27 @@ async def test_slots_are_mirrored_once_and_removed_with_their_voice(start_stack)
     await stack.allocator.delete(voice.voice_id)
     await eventually(lambda: stack.cluster.get(name) is None, what="the mirrored VoiceSlot gone")
     assert stack.cluster.get("own") is not None
+
+
+async def test_a_declared_voiceslot_replaces_the_mirrored_one(start_stack) -> None:
+    stack = await start_stack(capacity=2, mirror_voice_slots=True)
+    voice = await stack.allocator.ready_voice("declared-later")
+    name = mirror_name(voice.voice_id)
+    await stack.observed(name, "Ready")
+
+    # Someone declares a VoiceSlot for the voice: it owns the voice (its pin applies) and
+    # the mirrored stand-in goes, leaving the voice and its slot alone.
+    await stack.cluster.create("declared", voice.voice_id, pinned=True)
+    await eventually(lambda: stack.cluster.get(name) is None, what="the stand-in gone")
+
+    async def pinned() -> bool:
+        return (await stack.allocator.voice(voice.voice_id)).pinned
+
+    await eventually(pinned, what="the declared VoiceSlot's pin applied")
+    assert stack.cluster.condition("declared", "Conflict")["status"] == "False"
+    assert await stack.allocator.state(voice.voice_id) == "READY"
+    assert "RECLAIMED_BY_ADMIN" not in await stack.allocator.event_reasons(voice.voice_id)
+    await stack.counted("slot_listings_total", more=2)
+    assert stack.cluster.get(name) is None  # not mirrored again
+    assert stack.counter("mirrored_total", action="created") == 1
+    assert stack.counter("mirrored_total", action="deleted") == 1
