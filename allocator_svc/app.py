@@ -13,7 +13,13 @@ from allocator_svc.service import Allocator
 from allocator_svc.servicer import AllocatorServicer
 from voiceslot.clock import Clock
 from voiceslot.config import Settings
-from voiceslot.db import create_engine, is_sqlite, session_factory, upgrade_to_head
+from voiceslot.db import (
+    create_engine,
+    is_sqlite,
+    prepare_schema,
+    session_factory,
+    upgrade_to_head,
+)
 from voiceslot.providers.base import Provider
 from voiceslot.rpc.server import ServiceRegistration
 from voiceslot.storage.base import Storage
@@ -77,7 +83,14 @@ async def build_allocator(
     background: bool = True,
 ) -> AllocatorApp:
     url = settings.allocator_database_url
-    await migrate(url)
+    # Migrate here, or (the chart's migration Job ran them) wait for the schema we need.
+    await prepare_schema(
+        MIGRATIONS,
+        url,
+        version_table=VERSION_TABLE,
+        migrate=settings.migrate_on_start,
+        wait_s=settings.schema_wait_s,
+    )
     engine = create_engine(url)
     hot = hot_path_engine(url)
     allocator = Allocator(

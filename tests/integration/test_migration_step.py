@@ -165,3 +165,46 @@ def test_migrate_on_start_is_an_environment_setting(monkeypatch) -> None:
     settings = Settings()
     assert settings.migrate_on_start is False
     assert settings.schema_wait_s == 42
+
+
+async def test_services_built_with_migrate_on_start_off_wait_for_the_step(
+    postgres_url: str, make_settings, tmp_path
+) -> None:
+    """The services' own start (``build_allocator``/``build_synth``), not a copy of it:
+    with ``migrate_on_start`` off they refuse an unmigrated database, and start once
+    ``voiceslot migrate`` has run."""
+    from voiceslot.config import AllocatorConfig, SynthConfig
+    from voiceslot.storage.local import LocalStorage
+
+    settings = make_settings(
+        allocator=AllocatorConfig(database_url=postgres_url, maintenance_interval_s=None),
+        synth=SynthConfig(database_url=postgres_url, batch_workers=0),
+        migrate_on_start=False,
+        schema_wait_s=0.3,
+    )
+    storage = LocalStorage(tmp_path / "storage")
+    with pytest.raises(SchemaNotReady):
+        await allocator_app.build_allocator(settings, storage=storage, providers={})
+    with pytest.raises(SchemaNotReady):
+        await synth_app.build_synth(settings, storage=storage, providers={})
+    assert await _versions_or_none(postgres_url) is None, "nothing may have migrated"
+
+    env = {
+        "VOICESLOT_DATA_DIR": str(tmp_path / "data"),
+        "VOICESLOT_ALLOCATOR__DATABASE_URL": postgres_url,
+        "VOICESLOT_SYNTH__DATABASE_URL": postgres_url,
+        "VOICESLOT_CONFIG": None,
+    }
+    result = await asyncio.to_thread(CliRunner().invoke, cli, ["migrate"], env=env)
+    assert result.exit_code == 0, result.output
+    allocator = await allocator_app.build_allocator(
+        settings, storage=storage, providers={}, background=False
+    )
+    await allocator.stop()
+
+
+async def _versions_or_none(url: str) -> dict[str, list[str]] | None:
+    try:
+        return await _versions(url)
+    except Exception:  # the version tables do not exist
+        return None
