@@ -175,10 +175,12 @@ class Reconciler:
             if (
                 cached is not None
                 and seen == ledger.seen
-                and stored == ledger.event_id
+                and (stored if stored is not None else -1) == ledger.event_id
                 and all(status.get(k) == v for k, v in ledger.written.items())
             ):
                 rt.metrics.reconciles.labels("unchanged").inc()
+                if ledger.ignored:
+                    rt.metrics.refusals.labels(ledger.ignored.lower()).inc()
                 return ledger.voice
             # Continue from whichever is newer: the ledger in the object (survives
             # restarts) or this process's own (ahead of a body read before our last patch).
@@ -202,9 +204,14 @@ class Reconciler:
             if voice is not None:
                 stand = standing(rt, me, voice, claims)
                 if not stand.acts:
-                    self._ignore(body, voice, stand, me, patch, conditions, generation, now, ledger)
-                    ledger.seen, ledger.voice, ledger.written = None, voice, {}
-                    ledger.event_id, ledger.conditions = -1, []
+                    written = self._ignore(
+                        body, voice, stand, me, conditions, generation, now, ledger
+                    )
+                    patch.status.update(written)
+                    # Ignored steadily too: the skip above applies while nothing changes.
+                    ledger.seen, ledger.voice, ledger.written = seen, voice, written
+                    ledger.event_id = stored if stored is not None else -1
+                    ledger.conditions = list(written["conditions"])
                     ledger.ignored, ledger.down = stand.blocker, False
                     return voice
                 ledger.ignored = None
@@ -257,13 +264,13 @@ class Reconciler:
         voice: VoiceSnapshot,
         stand: Standing,
         me: Claim,
-        patch: kopf.Patch,
         conditions: list[dict[str, Any]],
         generation: int | None,
         now: datetime,
         ledger: _Ledger,
-    ) -> None:
-        """Say why the VoiceSlot is ignored; leave the voice and its state alone."""
+    ) -> dict[str, Any]:
+        """Say why the VoiceSlot is ignored (the status to write, and an event when that
+        is news); leave the voice and its state alone."""
         if stand.blocker == REFUSED:
             reason = "OwnerNotPermitted"
             message = self.rt.policy.explain(me.namespace, voice.owner)
@@ -294,11 +301,11 @@ class Reconciler:
         # Nothing of the voice is mirrored: a refused namespace must not learn about it.
         fields = status_fields(None, lease_holder=None)
         fields.update(provider=None, voiceId=None, owner=None, lastUsedAt=None)
-        patch.status.update({**fields, "conditions": result, "observedGeneration": generation})
         self.rt.metrics.refusals.labels(blocker.lower()).inc()
         if news:
             kopf.event(body, type="Warning", reason=reason, message=message)
             log.warning("VoiceSlot ignored", voiceslot=me.ref, reason=reason, voice=voice.voice_id)
+        return {**fields, "conditions": result, "observedGeneration": generation}
 
     def unreachable(
         self,

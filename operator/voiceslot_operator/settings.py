@@ -2,8 +2,10 @@
 
 The names are the ones the Helm chart sets (``templates/operator-deployment.yaml``):
 ``VOICESLOT_OPERATOR__ALLOCATOR_TARGET``, ``…__ALLOCATOR_API_KEY``, ``…__CLUSTERWIDE``
-("true"/"false"), ``…__NAMESPACES`` (a JSON list), ``…__PEERING`` (empty: standalone).
-Everything else has a default that suits a production cluster; tests shrink the
+("true"/"false"), ``…__NAMESPACES`` (a JSON list), ``…__PEERING`` (empty: standalone),
+``…__NAMESPACE_OWNERS`` (a JSON object: tenancy, see the field), ``…__METRICS_PORT``
+(default 9090; empty: off) and ``…__LIVENESS_ENDPOINT`` (default
+``http://0.0.0.0:8080/healthz``; empty: off). Everything else has a default that suits a production cluster; tests shrink the
 intervals. ``POD_ID`` (kopf's identity) and ``POD_NAMESPACE`` are read by kopf and by
 :meth:`OperatorConfig.watch_scope` respectively, not here.
 
