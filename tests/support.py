@@ -7,23 +7,20 @@ import time
 
 import grpc
 
+from voiceslot.cli.client import register_requests as cli_register_requests
 from voiceslot.v1 import allocator_pb2 as apb
 from voiceslot.v1 import allocator_pb2_grpc, common_pb2
 
 CHUNK = 64 * 1024
+"""Smaller than the CLI's, so the test samples travel in several chunks."""
 
 
 def register_requests(
     sample: bytes, *, name: str = "test voice", **metadata: str
 ) -> list[apb.RegisterVoiceRequest]:
-    messages = [
-        apb.RegisterVoiceRequest(metadata=apb.RegisterVoiceMetadata(display_name=name, **metadata))
-    ]
-    messages += [
-        apb.RegisterVoiceRequest(sample_chunk=sample[i : i + CHUNK])
-        for i in range(0, len(sample), CHUNK)
-    ]
-    return messages
+    """The product's own RegisterVoice stream (``voiceslot.cli.client``), as a list."""
+    meta = apb.RegisterVoiceMetadata(display_name=name, **metadata)
+    return list(cli_register_requests(sample, meta, chunk=CHUNK))
 
 
 async def register(

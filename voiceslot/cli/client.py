@@ -13,7 +13,20 @@ import grpc
 
 from voiceslot.config import Settings
 from voiceslot.credentials import read_local_key
+from voiceslot.v1 import allocator_pb2 as apb
 from voiceslot.v1 import allocator_pb2_grpc, synthesizer_pb2_grpc
+
+UPLOAD_CHUNK = 256 * 1024
+"""Bytes of sample per RegisterVoice message (well under gRPC's 4 MiB message cap)."""
+
+
+def register_requests(
+    sample: bytes, metadata: apb.RegisterVoiceMetadata, *, chunk: int = UPLOAD_CHUNK
+) -> Iterator[apb.RegisterVoiceRequest]:
+    """The RegisterVoice client stream: the metadata first, then the sample in chunks."""
+    yield apb.RegisterVoiceRequest(metadata=metadata)
+    for i in range(0, len(sample), chunk):
+        yield apb.RegisterVoiceRequest(sample_chunk=sample[i : i + chunk])
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import grpc
 
+from voiceslot.cli.client import register_requests
 from voiceslot.cli.runtime import Runtime
 from voiceslot.config import ProviderConfig, Settings
 from voiceslot.credentials import read_local_key
@@ -21,8 +22,6 @@ from voiceslot.testing.samples import make_sample_wav
 from voiceslot.v1 import allocator_pb2 as apb
 from voiceslot.v1 import allocator_pb2_grpc, common_pb2, synthesizer_pb2_grpc
 from voiceslot.v1 import synthesizer_pb2 as spb
-
-UPLOAD_CHUNK = 256 * 1024
 
 
 class DemoFailed(Exception):
@@ -71,16 +70,10 @@ async def run_demo(
             progress(
                 f"services up on 127.0.0.1:{runtime.port}; registering the sample ({len(sample)} bytes)"
             )
-            requests = [
-                apb.RegisterVoiceRequest(
-                    metadata=apb.RegisterVoiceMetadata(display_name="demo voice")
-                )
-            ]
-            requests += [
-                apb.RegisterVoiceRequest(sample_chunk=sample[i : i + UPLOAD_CHUNK])
-                for i in range(0, len(sample), UPLOAD_CHUNK)
-            ]
-            voice = (await alloc.RegisterVoice(iter(requests), metadata=md)).voice
+            requests = register_requests(
+                sample, apb.RegisterVoiceMetadata(display_name="demo voice")
+            )
+            voice = (await alloc.RegisterVoice(requests, metadata=md)).voice
             progress(f"voice {voice.voice_id} registered; cloning (the first run loads the model)")
             started = time.perf_counter()
             while True:
