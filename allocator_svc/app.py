@@ -16,7 +16,7 @@ from voiceslot.config import Settings
 from voiceslot.db import (
     create_engine,
     is_sqlite,
-    prepare_schema,
+    prepare_service_schema,
     session_factory,
     upgrade_to_head,
 )
@@ -84,13 +84,7 @@ async def build_allocator(
 ) -> AllocatorApp:
     url = settings.allocator_database_url
     # Migrate here, or (the chart's migration Job ran them) wait for the schema we need.
-    await prepare_schema(
-        MIGRATIONS,
-        url,
-        version_table=VERSION_TABLE,
-        migrate=settings.migrate_on_start,
-        wait_s=settings.schema_wait_s,
-    )
+    await prepare_service_schema(MIGRATIONS, url, version_table=VERSION_TABLE, settings=settings)
     engine = create_engine(url)
     hot = hot_path_engine(url)
     allocator = Allocator(

@@ -21,7 +21,7 @@ from synth_svc.worker import (
 from voiceslot.clock import Clock, SystemClock
 from voiceslot.config import Settings
 from voiceslot.credentials import read_local_key
-from voiceslot.db import create_engine, prepare_schema, session_factory, upgrade_to_head
+from voiceslot.db import create_engine, prepare_service_schema, session_factory, upgrade_to_head
 from voiceslot.providers.base import Provider
 from voiceslot.rpc.interceptors import current_credential
 from voiceslot.rpc.server import ServiceRegistration
@@ -96,13 +96,7 @@ async def build_synth(
 ) -> SynthApp:
     url = settings.synth_database_url
     # Migrate here, or (the chart's migration Job ran them) wait for the schema we need.
-    await prepare_schema(
-        MIGRATIONS,
-        url,
-        version_table=VERSION_TABLE,
-        migrate=settings.migrate_on_start,
-        wait_s=settings.schema_wait_s,
-    )
+    await prepare_service_schema(MIGRATIONS, url, version_table=VERSION_TABLE, settings=settings)
     engine = create_engine(url)
     clock = clock or SystemClock()
     app: SynthApp

@@ -15,7 +15,7 @@ import hashlib
 import logging
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import asyncpg
 from alembic import command
@@ -234,6 +234,27 @@ async def wait_for_schema(
                 "(the Helm chart's migration Job) or set migrate_on_start"
             )
         await asyncio.sleep(min(poll_s, max(0.0, deadline - loop.time())))
+
+
+class SchemaSettings(Protocol):
+    """What a service's start needs to know about its schema (``voiceslot.config.Settings``
+    has both)."""
+
+    migrate_on_start: bool
+    schema_wait_s: float
+
+
+async def prepare_service_schema(
+    script_location: Path, url: str, *, version_table: str, settings: SchemaSettings
+) -> None:
+    """``prepare_schema`` as ``settings`` say: every service's start calls this."""
+    await prepare_schema(
+        script_location,
+        url,
+        version_table=version_table,
+        migrate=settings.migrate_on_start,
+        wait_s=settings.schema_wait_s,
+    )
 
 
 async def prepare_schema(
