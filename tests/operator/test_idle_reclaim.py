@@ -36,15 +36,20 @@ async def test_idle_slot_with_backlog_is_reclaimed_and_its_voiceslot_updated(sta
 
     status = await stack.observed("idle", "Idle")
     assert "remoteId" not in status
+    # Once the clock moved, the voice is both idle and wanted by the backlog: the operator's
+    # idle round or a dispatcher round woken meanwhile may free it first (seen both ways
+    # on a loaded machine). Either way the VoiceSlot says what the allocator recorded.
     reclaimed = stack.cluster.condition("idle", "Reclaimed")
-    assert (reclaimed["status"], reclaimed["reason"]) == ("True", "ReclaimedIdle")
+    assert reclaimed["status"] == "True"
+    assert reclaimed["reason"] in ("ReclaimedIdle", "ReclaimedForBacklog"), reclaimed
     ready = stack.cluster.condition("idle", "Ready")
     assert (ready["status"], ready["reason"]) == ("False", "Idle")
-    await stack.cluster.posted("idle", "ReclaimedIdle")
+    await stack.cluster.posted("idle", reclaimed["reason"])
 
     # The allocator says the same, the provider no longer has the copy, and the freed slot
     # went to the waiting voice.
-    assert "RECLAIMED_IDLE" in await stack.allocator.event_reasons(idle.voice_id)
+    recorded = {"ReclaimedIdle": "RECLAIMED_IDLE", "ReclaimedForBacklog": "RECLAIMED_FOR_BACKLOG"}
+    assert recorded[reclaimed["reason"]] in await stack.allocator.event_reasons(idle.voice_id)
     assert idle.provider_voice_id not in live_remote_ids(stack)
     await stack.allocator.wait_state(waiting, "READY")
 

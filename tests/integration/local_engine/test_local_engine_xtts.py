@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -213,20 +214,27 @@ async def test_voices_are_listed_counted_and_deleted(
 
 
 async def test_bad_input_is_invalid_input_not_an_engine_failure(
-    make_provider: Callable[..., LocalProvider], sample_wav: bytes
+    make_provider: Callable[..., LocalProvider], sample_wav: bytes, tiny_xtts_dir: Path
 ) -> None:
-    provider = make_provider()
+    def load_with_a_low_token_limit() -> Any:
+        # XTTS asserts past gpt_max_text_tokens. A sentence past its language's character
+        # limit is spoken in pieces, so reach the token limit within one piece: lower it.
+        model = load_model_dir(tiny_xtts_dir, device="cpu")
+        model.model.args.gpt_max_text_tokens = 40
+        return model
+
+    provider = make_provider(loader=load_with_a_low_token_limit)
     voice_id = await clone(provider, "vs-input-g1", sample_wav)
-    # One token per character in the tiny vocabulary: far past XTTS's 402-token assert,
-    # yet under the provider's character cap, so the model's own tokenizer must catch it.
+    # One token per character in the tiny vocabulary: past the 40-token limit, yet under
+    # the character limit, so the model's own tokenizer must catch it.
     with pytest.raises(InvalidInput, match="tokens"):
-        await provider.synthesize(request(voice_id, text="word " * 150))
+        await provider.synthesize(request(voice_id, text="word " * 20))
     with pytest.raises(InvalidInput, match="not supported"):
         await provider.synthesize(SynthesisRequest(voice_id, "Bonjour.", language="fr"))
     with pytest.raises(InvalidInput, match="empty"):
         await provider.synthesize(request(voice_id, text="  "))
     with pytest.raises(InvalidInput, match="tokens"):
-        async for _ in provider.synthesize_stream(request(voice_id, text="word " * 150)):
+        async for _ in provider.synthesize_stream(request(voice_id, text="word " * 20)):
             pass
     with pytest.raises(InvalidInput, match="not readable audio"):
         await clone(provider, "vs-noise-g1", b"not audio at all")
