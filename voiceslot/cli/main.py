@@ -16,22 +16,14 @@ import click
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
 
 from voiceslot.cli.client import stubs
-from voiceslot.cli.output import Ctx, console, emit_json, err_console
+from voiceslot.cli.jobs import jobs
+from voiceslot.cli.output import ENCODINGS_PB, Ctx, console, emit_json, err_console
 from voiceslot.cli.voices import voices
 from voiceslot.config import load_settings
 from voiceslot.logs import configure_logging
 from voiceslot.v1 import allocator_pb2 as apb
 from voiceslot.v1 import common_pb2
 from voiceslot.v1 import synthesizer_pb2 as spb
-
-_ENCODINGS = {
-    "wav": common_pb2.AUDIO_ENCODING_WAV,
-    "pcm16": common_pb2.AUDIO_ENCODING_PCM16,
-    "mp3": common_pb2.AUDIO_ENCODING_MP3,
-    "opus": common_pb2.AUDIO_ENCODING_OPUS,
-    "mulaw": common_pb2.AUDIO_ENCODING_MULAW,
-    "alaw": common_pb2.AUDIO_ENCODING_ALAW,
-}
 
 
 @click.group()
@@ -159,7 +151,11 @@ def serve(
     help="Audio file to write.",
 )
 @click.option(
-    "--format", "encoding", type=click.Choice(sorted(_ENCODINGS)), default="wav", show_default=True
+    "--format",
+    "encoding",
+    type=click.Choice(sorted(ENCODINGS_PB)),
+    default="wav",
+    show_default=True,
 )
 @click.option("--rate", default=0, help="Sample rate in Hz (0: the engine's own).")
 @click.option("--language", default="", help="Language (default: the voice's).")
@@ -184,7 +180,7 @@ def say(
         text=text,
         language=language,
         seed=seed,
-        format=common_pb2.AudioFormat(encoding=_ENCODINGS[encoding], sample_rate_hz=rate),
+        format=common_pb2.AudioFormat(encoding=ENCODINGS_PB[encoding], sample_rate_hz=rate),
     )
     started = time.perf_counter()
     first_chunk_s = None
@@ -390,6 +386,7 @@ def slots(obj: Ctx, provider: str) -> None:
 
 
 cli.add_command(voices)
+cli.add_command(jobs)
 
 
 def main() -> None:

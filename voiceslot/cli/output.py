@@ -16,6 +16,15 @@ from voiceslot.v1 import common_pb2
 
 console = Console(stderr=False)
 err_console = Console(stderr=True)
+ENCODINGS_PB = {
+    "wav": common_pb2.AUDIO_ENCODING_WAV,
+    "pcm16": common_pb2.AUDIO_ENCODING_PCM16,
+    "mp3": common_pb2.AUDIO_ENCODING_MP3,
+    "opus": common_pb2.AUDIO_ENCODING_OPUS,
+    "mulaw": common_pb2.AUDIO_ENCODING_MULAW,
+    "alaw": common_pb2.AUDIO_ENCODING_ALAW,
+}
+"""``--format`` names and their wire values."""
 
 
 def state_name(value: int) -> str:
