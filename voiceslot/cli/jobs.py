@@ -32,8 +32,16 @@ from rich.text import Text
 
 from voiceslot.audio import FILE_EXTENSIONS
 from voiceslot.cli.client import stubs
-from voiceslot.cli.output import ENCODINGS_PB, Ctx, console, emit_json, err_console, to_dict
-from voiceslot.v1 import common_pb2
+from voiceslot.cli.output import (
+    ENCODINGS_PB,
+    Ctx,
+    audio_format,
+    audio_format_options,
+    console,
+    emit_json,
+    err_console,
+    to_dict,
+)
 from voiceslot.v1 import synthesizer_pb2 as spb
 
 _ENCODING_NAMES = {v: k for k, v in ENCODINGS_PB.items()}
@@ -110,14 +118,7 @@ def jobs() -> None:
 
 @jobs.command("create")
 @click.option("--voice", "voice_id", required=True, help="Voice id (one of yours).")
-@click.option(
-    "--format",
-    "encoding",
-    type=click.Choice(sorted(ENCODINGS_PB)),
-    default="wav",
-    show_default=True,
-)
-@click.option("--rate", default=0, help="Sample rate in Hz (0: the engine's own).")
+@audio_format_options
 @click.option("--idempotency-key", default="", help="Sending it again returns the same job.")
 @click.option("--watch", "then_watch", is_flag=True, help="Follow its progress once created.")
 @click.argument("brief", type=click.File("r", encoding="utf-8"))
@@ -138,7 +139,7 @@ def jobs_create(
     request = spb.CreateBatchJobRequest(
         voice_id=voice_id,
         items=[spb.BatchItemInput(name=name, text=text) for name, text in items],
-        format=common_pb2.AudioFormat(encoding=ENCODINGS_PB[encoding], sample_rate_hz=rate),
+        format=audio_format(encoding, rate),
         idempotency_key=idempotency_key,
     )
     with stubs(obj.connection()) as (_, synth, md):

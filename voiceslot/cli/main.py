@@ -17,12 +17,18 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeE
 
 from voiceslot.cli.client import stubs
 from voiceslot.cli.jobs import jobs
-from voiceslot.cli.output import ENCODINGS_PB, Ctx, console, emit_json, err_console
+from voiceslot.cli.output import (
+    Ctx,
+    audio_format,
+    audio_format_options,
+    console,
+    emit_json,
+    err_console,
+)
 from voiceslot.cli.voices import voices
 from voiceslot.config import load_settings
 from voiceslot.logs import configure_logging
 from voiceslot.v1 import allocator_pb2 as apb
-from voiceslot.v1 import common_pb2
 from voiceslot.v1 import synthesizer_pb2 as spb
 
 
@@ -150,14 +156,7 @@ def serve(
     required=True,
     help="Audio file to write.",
 )
-@click.option(
-    "--format",
-    "encoding",
-    type=click.Choice(sorted(ENCODINGS_PB)),
-    default="wav",
-    show_default=True,
-)
-@click.option("--rate", default=0, help="Sample rate in Hz (0: the engine's own).")
+@audio_format_options
 @click.option("--language", default="", help="Language (default: the voice's).")
 @click.option("--seed", default=0, help="Seed for repeatable output (0: random).")
 @click.option("--timeout", default=600.0, show_default=True)
@@ -180,7 +179,7 @@ def say(
         text=text,
         language=language,
         seed=seed,
-        format=common_pb2.AudioFormat(encoding=ENCODINGS_PB[encoding], sample_rate_hz=rate),
+        format=audio_format(encoding, rate),
     )
     started = time.perf_counter()
     first_chunk_s = None

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -25,6 +26,24 @@ ENCODINGS_PB = {
     "alaw": common_pb2.AUDIO_ENCODING_ALAW,
 }
 """``--format`` names and their wire values."""
+
+
+def audio_format_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--format`` and ``--rate``, as every command that makes audio takes them."""
+    command = click.option("--rate", default=0, help="Sample rate in Hz (0: the engine's own).")(
+        command
+    )
+    return click.option(
+        "--format",
+        "encoding",
+        type=click.Choice(sorted(ENCODINGS_PB)),
+        default="wav",
+        show_default=True,
+    )(command)
+
+
+def audio_format(encoding: str, rate: int) -> common_pb2.AudioFormat:
+    return common_pb2.AudioFormat(encoding=ENCODINGS_PB[encoding], sample_rate_hz=rate)
 
 
 def state_name(value: int) -> str:
