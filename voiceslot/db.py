@@ -70,6 +70,21 @@ _CONNECTION_LOST = (
 )
 
 
+_CONFLICTS = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
+
+
+def is_transaction_conflict(exc: BaseException) -> bool:
+    """Whether PostgreSQL aborted our transaction to resolve a conflict with another one
+    (a deadlock, a serialization failure): nothing was written, and the same request may
+    simply be retried. ABORTED, not INTERNAL."""
+    cause: BaseException | None = exc if isinstance(exc, sa_exc.DBAPIError) else None
+    while cause is not None:
+        if isinstance(cause, _CONFLICTS):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
+
+
 def is_database_unavailable(exc: BaseException) -> bool:
     """Whether ``exc`` says the database could not serve us just now, not that our
     statement was wrong: a connection dropped or terminated (a failover, a restart,

@@ -4,6 +4,8 @@ INTERNAL (a bug): the fault schedules cut PostgreSQL connections with
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 import pytest
 from sqlalchemy import text
@@ -37,5 +39,28 @@ async def test_a_wrong_statement_stays_internal(postgres_url: str):
                 await conn.execute(text("SELECT 1 / 0"))
         assert not is_database_unavailable(caught.value)
         assert to_rpc_status(caught.value).code == grpc.StatusCode.INTERNAL
+    finally:
+        await engine.dispose()
+
+
+async def test_a_deadlock_is_aborted_for_a_retry(postgres_url: str):
+    """PostgreSQL aborts one of two transactions that lock rows in opposite orders (the
+    fault schedules met one deleting a voice): ABORTED, which says "retry", not INTERNAL."""
+    engine = create_engine(postgres_url)
+    try:
+        async with engine.begin() as setup:
+            await setup.execute(text("CREATE TABLE t (id int PRIMARY KEY)"))
+            await setup.execute(text("INSERT INTO t VALUES (1), (2)"))
+        both_hold_one = asyncio.Barrier(2)
+
+        async def lock(first: int, second: int) -> None:
+            async with engine.begin() as conn:
+                await conn.execute(text("SELECT 1 FROM t WHERE id = :i FOR UPDATE"), {"i": first})
+                await both_hold_one.wait()
+                await conn.execute(text("SELECT 1 FROM t WHERE id = :i FOR UPDATE"), {"i": second})
+
+        outcomes = await asyncio.gather(lock(1, 2), lock(2, 1), return_exceptions=True)
+        (deadlocked,) = [o for o in outcomes if isinstance(o, BaseException)]
+        assert to_rpc_status(deadlocked).code == grpc.StatusCode.ABORTED, repr(deadlocked)
     finally:
         await engine.dispose()

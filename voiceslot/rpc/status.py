@@ -22,7 +22,7 @@ from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from voiceslot import errors as e
-from voiceslot.db import is_database_unavailable
+from voiceslot.db import is_database_unavailable, is_transaction_conflict
 from voiceslot.providers.errors import InvalidInput, ProviderError
 
 _CODES: list[tuple[type[Exception], grpc.StatusCode]] = [
@@ -50,6 +50,8 @@ def grpc_code(exc: Exception) -> grpc.StatusCode:
         return grpc.StatusCode.INVALID_ARGUMENT
     if isinstance(exc, ProviderError) or is_database_unavailable(exc):
         return grpc.StatusCode.UNAVAILABLE
+    if is_transaction_conflict(exc):
+        return grpc.StatusCode.ABORTED
     return grpc.StatusCode.INTERNAL
 
 
