@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -28,12 +29,25 @@ class ServerProcess:
     def target(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def cli(
-        self, *args: str, key: str | None = None, timeout: float = 120
-    ) -> subprocess.CompletedProcess[str]:
+    def cli_env(self, key: str | None = None) -> dict[str, str]:
+        """The environment the CLI runs with against this server."""
         env = {**os.environ, "VOICESLOT_CONFIG": str(self.config)}
         if key:
             env["VOICESLOT_API_KEY"] = key
+        return env
+
+    def add_voice(self, sample: bytes, directory: Path, *, key: str) -> str:
+        """``voiceslot voices add`` (which waits until READY); the new voice's id."""
+        path = directory / "me.wav"
+        path.write_bytes(sample)
+        added = self.cli("--json", "voices", "add", str(path), "--name", "Me", key=key)
+        assert added.returncode == 0, added.stderr
+        return json.loads(added.stdout)["voice_id"]
+
+    def cli(
+        self, *args: str, key: str | None = None, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        env = self.cli_env(key)
         return subprocess.run(
             [sys.executable, "-m", "voiceslot", "--target", self.target, *args],
             capture_output=True,

@@ -17,13 +17,7 @@ from voiceslot.v1 import allocator_pb2_grpc
 def test_providers_and_slots_show_who_holds_what(
     server_process: ServerProcess, sample_wav: bytes, tmp_path: Path
 ):
-    sample = tmp_path / "me.wav"
-    sample.write_bytes(sample_wav)
-    added = server_process.cli(
-        "--json", "voices", "add", str(sample), "--name", "Me", key=ALICE_KEY
-    )
-    assert added.returncode == 0, added.stderr
-    voice_id = json.loads(added.stdout)["voice_id"]
+    voice_id = server_process.add_voice(sample_wav, tmp_path, key=ALICE_KEY)
 
     with grpc.insecure_channel(server_process.target) as channel:
         stub = allocator_pb2_grpc.AllocatorServiceStub(channel)

@@ -22,13 +22,7 @@ DEADLINE_S = 180.0  # a loaded 2-core machine renders a few tiny-model items in 
 
 def in_a_terminal(server: ServerProcess, *args: str, key: str) -> tuple[int, str]:
     """Run the CLI with a pseudo-terminal as its stdout and stderr; (exit code, output)."""
-    env = {
-        **os.environ,
-        "VOICESLOT_CONFIG": str(server.config),
-        "VOICESLOT_API_KEY": key,
-        "TERM": "xterm-256color",
-        "COLUMNS": "120",
-    }
+    env = {**server.cli_env(key), "TERM": "xterm-256color", "COLUMNS": "120"}
     env.pop("NO_COLOR", None)
     master, slave = pty.openpty()
     process = subprocess.Popen(
@@ -68,13 +62,7 @@ def in_a_terminal(server: ServerProcess, *args: str, key: str) -> tuple[int, str
 def test_a_brief_is_created_watched_to_100_percent_and_downloaded(
     server_process: ServerProcess, sample_wav: bytes, tmp_path: Path
 ) -> None:
-    sample = tmp_path / "me.wav"
-    sample.write_bytes(sample_wav)
-    added = server_process.cli(
-        "--json", "voices", "add", str(sample), "--name", "Me", key=ALICE_KEY
-    )
-    assert added.returncode == 0, added.stderr
-    voice_id = json.loads(added.stdout)["voice_id"]
+    voice_id = server_process.add_voice(sample_wav, tmp_path, key=ALICE_KEY)
 
     brief = tmp_path / "brief.txt"
     brief.write_text(
