@@ -52,6 +52,29 @@ class Capacity:
 
 
 @dataclass(frozen=True)
+class SpeechOptions:
+    """Per-request speech options. ``None`` keeps the engine's default. An adapter refuses
+    (``check_options``) any option its engine does not have, naming it: never ignored."""
+
+    speed: float | None = None
+    """Speaking rate as a multiple of normal."""
+    word_timings: bool = False
+    """Return word start/end times (``PcmAudio.words``) where the engine gives alignment."""
+    stability: float | None = None
+    """ElevenLabs voice_settings.stability, 0..1."""
+    similarity_boost: float | None = None
+    """ElevenLabs voice_settings.similarity_boost, 0..1."""
+    style: float | None = None
+    """ElevenLabs voice_settings.style, 0..1."""
+    use_speaker_boost: bool | None = None
+    """ElevenLabs voice_settings.use_speaker_boost."""
+    volume: float | None = None
+    """Cartesia generation_config.volume, 0.5..2."""
+    emotion: str | None = None
+    """Cartesia generation_config.emotion."""
+
+
+@dataclass(frozen=True)
 class SynthesisRequest:
     provider_voice_id: str
     text: str
@@ -61,6 +84,17 @@ class SynthesisRequest:
     """Preferred output rate; 0 for the engine's native rate. Adapters may return another
     rate (they report it) when the provider cannot produce the one asked for."""
     seed: int | None = None
+    options: SpeechOptions = SpeechOptions()
+
+
+@dataclass(frozen=True)
+class WordTime:
+    """One spoken word's place in the audio, in seconds from the start of the audio of the
+    call that produced it (a ``synthesize_stream`` call, or a live session)."""
+
+    word: str
+    start_s: float
+    end_s: float
 
 
 @dataclass(frozen=True)
@@ -68,6 +102,9 @@ class PcmAudio:
     pcm16: bytes
     """16-bit signed little-endian mono samples."""
     sample_rate: int
+    words: tuple[WordTime, ...] = ()
+    """Words whose timing became known with this audio (only when asked for and the engine
+    gives alignment)."""
 
     @property
     def duration_s(self) -> float:
@@ -116,6 +153,60 @@ class Provider(Protocol):
         ...
 
     async def aclose(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class LiveRequest:
+    """What a live (streaming-input) session speaks with; its text arrives later."""
+
+    provider_voice_id: str
+    language: str = "en"
+    sample_rate_hz: int = 0
+    options: SpeechOptions = SpeechOptions()
+
+
+@dataclass(frozen=True)
+class LiveAudio:
+    """Audio from a live session, attributed to the text it speaks."""
+
+    pcm: PcmAudio
+    """Word times are from the start of the session's audio."""
+    sentence: int
+    """The index (0-based, in ``say`` order) of the text this audio speaks."""
+
+
+class LiveSession(Protocol):
+    """One turn of streaming input: text is said piece by piece (each a complete sentence,
+    cut by the caller), audio comes back in order while more text is still being said.
+    Providers with a streaming-input API keep prosody across the pieces."""
+
+    async def say(self, text: str) -> int:
+        """Queue ``text`` to be spoken after what was said before; returns its index."""
+        ...
+
+    async def end(self) -> None:
+        """No more text: ``audio()`` ends after the last piece's audio."""
+        ...
+
+    def audio(self) -> AsyncIterator[LiveAudio]:
+        """The session's audio in order. Iterate it once, concurrently with ``say``."""
+        ...
+
+    async def aclose(self) -> None:
+        """Stop now (barge-in): generation at the provider stops, nothing more is
+        produced. Safe to call more than once, and after ``end``."""
+        ...
+
+
+@runtime_checkable
+class LiveInputProvider(Protocol):
+    """A provider with its own streaming-input API (ElevenLabs stream-input, Cartesia
+    contexts). Providers without one are spoken to sentence by sentence through
+    ``synthesize_stream`` by the synthesizer."""
+
+    def open_live(self, request: LiveRequest) -> LiveSession:
+        """A new session; it connects on first use and must be closed (``aclose``)."""
+        ...
 
 
 def remote_label(prefix: str, voice_id: str, generation: int) -> str:

@@ -77,6 +77,7 @@ class SynthesizeRequest(_message.Message):
     FORMAT_FIELD_NUMBER: _builtins.int
     LANGUAGE_FIELD_NUMBER: _builtins.int
     SEED_FIELD_NUMBER: _builtins.int
+    OPTIONS_FIELD_NUMBER: _builtins.int
     voice_id: _builtins.str
     text: _builtins.str
     language: _builtins.str
@@ -85,6 +86,12 @@ class SynthesizeRequest(_message.Message):
     """Makes sampling repeatable where the engine supports it; 0 means unseeded."""
     @_builtins.property
     def format(self) -> _common_pb2.AudioFormat: ...
+    @_builtins.property
+    def options(self) -> Global___SpeechOptions:
+        """Speed and provider voice settings. An option the voice's engine does not have is
+        INVALID_ARGUMENT naming it.
+        """
+
     def __init__(
         self,
         *,
@@ -93,10 +100,11 @@ class SynthesizeRequest(_message.Message):
         format: _common_pb2.AudioFormat | None = ...,
         language: _builtins.str = ...,
         seed: _builtins.int = ...,
+        options: Global___SpeechOptions | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["format", b"format"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["format", b"format", "options", b"options"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["format", b"format", "language", b"language", "seed", b"seed", "text", b"text", "voice_id", b"voice_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["format", b"format", "language", b"language", "options", b"options", "seed", b"seed", "text", b"text", "voice_id", b"voice_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -140,12 +148,15 @@ class SynthesizeStreamRequest(_message.Message):
     FORMAT_FIELD_NUMBER: _builtins.int
     LANGUAGE_FIELD_NUMBER: _builtins.int
     SEED_FIELD_NUMBER: _builtins.int
+    OPTIONS_FIELD_NUMBER: _builtins.int
     voice_id: _builtins.str
     text: _builtins.str
     language: _builtins.str
     seed: _builtins.int
     @_builtins.property
     def format(self) -> _common_pb2.AudioFormat: ...
+    @_builtins.property
+    def options(self) -> Global___SpeechOptions: ...
     def __init__(
         self,
         *,
@@ -154,10 +165,11 @@ class SynthesizeStreamRequest(_message.Message):
         format: _common_pb2.AudioFormat | None = ...,
         language: _builtins.str = ...,
         seed: _builtins.int = ...,
+        options: Global___SpeechOptions | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["format", b"format"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["format", b"format", "options", b"options"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["format", b"format", "language", b"language", "seed", b"seed", "text", b"text", "voice_id", b"voice_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["format", b"format", "language", b"language", "options", b"options", "seed", b"seed", "text", b"text", "voice_id", b"voice_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -171,6 +183,7 @@ class SynthesizeStreamResponse(_message.Message):
     SEQUENCE_FIELD_NUMBER: _builtins.int
     SENTENCE_INDEX_FIELD_NUMBER: _builtins.int
     FORMAT_FIELD_NUMBER: _builtins.int
+    WORD_TIMINGS_FIELD_NUMBER: _builtins.int
     audio_chunk: _builtins.bytes
     """Encoded audio; the concatenation of all chunks is a valid file of `format`."""
     sequence: _builtins.int
@@ -181,6 +194,12 @@ class SynthesizeStreamResponse(_message.Message):
     def format(self) -> _common_pb2.AudioFormat:
         """Set on the first message only."""
 
+    @_builtins.property
+    def word_timings(self) -> _containers.RepeatedCompositeFieldContainer[Global___WordTiming]:
+        """Words whose timing became known with this chunk, when `options.word_timings` was
+        asked and the engine gives alignment (see the README for which do).
+        """
+
     def __init__(
         self,
         *,
@@ -188,14 +207,327 @@ class SynthesizeStreamResponse(_message.Message):
         sequence: _builtins.int = ...,
         sentence_index: _builtins.int = ...,
         format: _common_pb2.AudioFormat | None = ...,
+        word_timings: _abc.Iterable[Global___WordTiming] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["format", b"format"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["audio_chunk", b"audio_chunk", "format", b"format", "sentence_index", b"sentence_index", "sequence", b"sequence"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audio_chunk", b"audio_chunk", "format", b"format", "sentence_index", b"sentence_index", "sequence", b"sequence", "word_timings", b"word_timings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SynthesizeStreamResponse: _TypeAlias = SynthesizeStreamResponse  # noqa: Y015
+
+@_typing.final
+class SpeechOptions(_message.Message):
+    """Per-request speech options. Unset fields keep the engine's defaults."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SPEED_FIELD_NUMBER: _builtins.int
+    WORD_TIMINGS_FIELD_NUMBER: _builtins.int
+    ELEVENLABS_FIELD_NUMBER: _builtins.int
+    CARTESIA_FIELD_NUMBER: _builtins.int
+    speed: _builtins.float
+    """Speaking rate as a multiple of normal; 0 means 1.0. ElevenLabs takes 0.7..1.2,
+    Cartesia 0.6..1.5, the local engine 0.5..2.0.
+    """
+    word_timings: _builtins.bool
+    """Stream word start/end times beside the audio where the engine gives them."""
+    @_builtins.property
+    def elevenlabs(self) -> Global___ElevenLabsVoiceSettings:
+        """Only for a voice on an ElevenLabs account."""
+
+    @_builtins.property
+    def cartesia(self) -> Global___CartesiaVoiceControls:
+        """Only for a voice on a Cartesia account."""
+
+    def __init__(
+        self,
+        *,
+        speed: _builtins.float = ...,
+        word_timings: _builtins.bool = ...,
+        elevenlabs: Global___ElevenLabsVoiceSettings | None = ...,
+        cartesia: Global___CartesiaVoiceControls | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cartesia", b"cartesia", "elevenlabs", b"elevenlabs"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cartesia", b"cartesia", "elevenlabs", b"elevenlabs", "speed", b"speed", "word_timings", b"word_timings"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SpeechOptions: _TypeAlias = SpeechOptions  # noqa: Y015
+
+@_typing.final
+class ElevenLabsVoiceSettings(_message.Message):
+    """ElevenLabs' voice_settings, each 0..1 where it is a number."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STABILITY_FIELD_NUMBER: _builtins.int
+    SIMILARITY_BOOST_FIELD_NUMBER: _builtins.int
+    STYLE_FIELD_NUMBER: _builtins.int
+    USE_SPEAKER_BOOST_FIELD_NUMBER: _builtins.int
+    stability: _builtins.float
+    similarity_boost: _builtins.float
+    style: _builtins.float
+    use_speaker_boost: _builtins.bool
+    def __init__(
+        self,
+        *,
+        stability: _builtins.float | None = ...,
+        similarity_boost: _builtins.float | None = ...,
+        style: _builtins.float | None = ...,
+        use_speaker_boost: _builtins.bool | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_similarity_boost", b"_similarity_boost", "_stability", b"_stability", "_style", b"_style", "_use_speaker_boost", b"_use_speaker_boost", "similarity_boost", b"similarity_boost", "stability", b"stability", "style", b"style", "use_speaker_boost", b"use_speaker_boost"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_similarity_boost", b"_similarity_boost", "_stability", b"_stability", "_style", b"_style", "_use_speaker_boost", b"_use_speaker_boost", "similarity_boost", b"similarity_boost", "stability", b"stability", "style", b"style", "use_speaker_boost", b"use_speaker_boost"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__similarity_boost: _TypeAlias = _typing.Literal["similarity_boost"]  # noqa: Y015
+    _WhichOneofArgType__similarity_boost: _TypeAlias = _typing.Literal["_similarity_boost", b"_similarity_boost"]  # noqa: Y015
+    _WhichOneofReturnType__stability: _TypeAlias = _typing.Literal["stability"]  # noqa: Y015
+    _WhichOneofArgType__stability: _TypeAlias = _typing.Literal["_stability", b"_stability"]  # noqa: Y015
+    _WhichOneofReturnType__style: _TypeAlias = _typing.Literal["style"]  # noqa: Y015
+    _WhichOneofArgType__style: _TypeAlias = _typing.Literal["_style", b"_style"]  # noqa: Y015
+    _WhichOneofReturnType__use_speaker_boost: _TypeAlias = _typing.Literal["use_speaker_boost"]  # noqa: Y015
+    _WhichOneofArgType__use_speaker_boost: _TypeAlias = _typing.Literal["_use_speaker_boost", b"_use_speaker_boost"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__similarity_boost) -> _WhichOneofReturnType__similarity_boost | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__stability) -> _WhichOneofReturnType__stability | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__style) -> _WhichOneofReturnType__style | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__use_speaker_boost) -> _WhichOneofReturnType__use_speaker_boost | None: ...
+
+Global___ElevenLabsVoiceSettings: _TypeAlias = ElevenLabsVoiceSettings  # noqa: Y015
+
+@_typing.final
+class CartesiaVoiceControls(_message.Message):
+    """Cartesia sonic-3 generation_config controls."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VOLUME_FIELD_NUMBER: _builtins.int
+    EMOTION_FIELD_NUMBER: _builtins.int
+    volume: _builtins.float
+    """0.5..2.0."""
+    emotion: _builtins.str
+    """One of Cartesia's emotion names (for example "neutral", "calm", "excited")."""
+    def __init__(
+        self,
+        *,
+        volume: _builtins.float | None = ...,
+        emotion: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_volume", b"_volume", "volume", b"volume"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_volume", b"_volume", "emotion", b"emotion", "volume", b"volume"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__volume: _TypeAlias = _typing.Literal["volume"]  # noqa: Y015
+    _WhichOneofArgType__volume: _TypeAlias = _typing.Literal["_volume", b"_volume"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__volume) -> _WhichOneofReturnType__volume | None: ...
+
+Global___CartesiaVoiceControls: _TypeAlias = CartesiaVoiceControls  # noqa: Y015
+
+@_typing.final
+class WordTiming(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WORD_FIELD_NUMBER: _builtins.int
+    START_FIELD_NUMBER: _builtins.int
+    END_FIELD_NUMBER: _builtins.int
+    word: _builtins.str
+    @_builtins.property
+    def start(self) -> _duration_pb2.Duration:
+        """From the start of the call's audio."""
+
+    @_builtins.property
+    def end(self) -> _duration_pb2.Duration: ...
+    def __init__(
+        self,
+        *,
+        word: _builtins.str = ...,
+        start: _duration_pb2.Duration | None = ...,
+        end: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end", b"end", "start", b"start"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end", b"end", "start", b"start", "word", b"word"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WordTiming: _TypeAlias = WordTiming  # noqa: Y015
+
+@_typing.final
+class SynthesizeLiveRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    START_FIELD_NUMBER: _builtins.int
+    TEXT_FIELD_NUMBER: _builtins.int
+    FLUSH_FIELD_NUMBER: _builtins.int
+    END_FIELD_NUMBER: _builtins.int
+    text: _builtins.str
+    """A fragment of text, as the LLM produced it; spaces are kept as sent."""
+    @_builtins.property
+    def start(self) -> Global___LiveStart:
+        """First message, exactly once."""
+
+    @_builtins.property
+    def flush(self) -> Global___LiveFlush:
+        """Speak what is buffered now, even mid-sentence."""
+
+    @_builtins.property
+    def end(self) -> Global___LiveEnd:
+        """No more text: speak the rest, then the server ends the call."""
+
+    def __init__(
+        self,
+        *,
+        start: Global___LiveStart | None = ...,
+        text: _builtins.str = ...,
+        flush: Global___LiveFlush | None = ...,
+        end: Global___LiveEnd | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end", b"end", "flush", b"flush", "kind", b"kind", "start", b"start", "text", b"text"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end", b"end", "flush", b"flush", "kind", b"kind", "start", b"start", "text", b"text"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["start", "text", "flush", "end"]  # noqa: Y015
+    _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
+
+Global___SynthesizeLiveRequest: _TypeAlias = SynthesizeLiveRequest  # noqa: Y015
+
+@_typing.final
+class LiveStart(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VOICE_ID_FIELD_NUMBER: _builtins.int
+    FORMAT_FIELD_NUMBER: _builtins.int
+    LANGUAGE_FIELD_NUMBER: _builtins.int
+    OPTIONS_FIELD_NUMBER: _builtins.int
+    voice_id: _builtins.str
+    language: _builtins.str
+    """BCP 47; empty means the voice's language."""
+    @_builtins.property
+    def format(self) -> _common_pb2.AudioFormat: ...
+    @_builtins.property
+    def options(self) -> Global___SpeechOptions: ...
+    def __init__(
+        self,
+        *,
+        voice_id: _builtins.str = ...,
+        format: _common_pb2.AudioFormat | None = ...,
+        language: _builtins.str = ...,
+        options: Global___SpeechOptions | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["format", b"format", "options", b"options"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["format", b"format", "language", b"language", "options", b"options", "voice_id", b"voice_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LiveStart: _TypeAlias = LiveStart  # noqa: Y015
+
+@_typing.final
+class LiveFlush(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LiveFlush: _TypeAlias = LiveFlush  # noqa: Y015
+
+@_typing.final
+class LiveEnd(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LiveEnd: _TypeAlias = LiveEnd  # noqa: Y015
+
+@_typing.final
+class TextSpan(_message.Message):
+    """Characters [start, end) of the turn's text (all fragments joined, in Unicode code
+    points), and that text.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    START_FIELD_NUMBER: _builtins.int
+    END_FIELD_NUMBER: _builtins.int
+    TEXT_FIELD_NUMBER: _builtins.int
+    start: _builtins.int
+    end: _builtins.int
+    text: _builtins.str
+    def __init__(
+        self,
+        *,
+        start: _builtins.int = ...,
+        end: _builtins.int = ...,
+        text: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end", b"end", "start", b"start", "text", b"text"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TextSpan: _TypeAlias = TextSpan  # noqa: Y015
+
+@_typing.final
+class SynthesizeLiveResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AUDIO_CHUNK_FIELD_NUMBER: _builtins.int
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    SPAN_FIELD_NUMBER: _builtins.int
+    FORMAT_FIELD_NUMBER: _builtins.int
+    WORD_TIMINGS_FIELD_NUMBER: _builtins.int
+    audio_chunk: _builtins.bytes
+    """Encoded audio; the concatenation of all chunks is a valid stream of `format`."""
+    sequence: _builtins.int
+    """0-based, consecutive."""
+    @_builtins.property
+    def span(self) -> Global___TextSpan:
+        """The text this chunk speaks."""
+
+    @_builtins.property
+    def format(self) -> _common_pb2.AudioFormat:
+        """Set on the first message only."""
+
+    @_builtins.property
+    def word_timings(self) -> _containers.RepeatedCompositeFieldContainer[Global___WordTiming]: ...
+    def __init__(
+        self,
+        *,
+        audio_chunk: _builtins.bytes = ...,
+        sequence: _builtins.int = ...,
+        span: Global___TextSpan | None = ...,
+        format: _common_pb2.AudioFormat | None = ...,
+        word_timings: _abc.Iterable[Global___WordTiming] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["format", b"format", "span", b"span"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audio_chunk", b"audio_chunk", "format", b"format", "sequence", b"sequence", "span", b"span", "word_timings", b"word_timings"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SynthesizeLiveResponse: _TypeAlias = SynthesizeLiveResponse  # noqa: Y015
 
 @_typing.final
 class BatchJob(_message.Message):

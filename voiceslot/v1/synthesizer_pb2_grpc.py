@@ -51,6 +51,11 @@ class SynthesizerServiceStub:
                 request_serializer=voiceslot_dot_v1_dot_synthesizer__pb2.SynthesizeStreamRequest.SerializeToString,
                 response_deserializer=voiceslot_dot_v1_dot_synthesizer__pb2.SynthesizeStreamResponse.FromString,
                 _registered_method=True)
+        self.SynthesizeLive = channel.stream_stream(
+                '/voiceslot.v1.SynthesizerService/SynthesizeLive',
+                request_serializer=voiceslot_dot_v1_dot_synthesizer__pb2.SynthesizeLiveRequest.SerializeToString,
+                response_deserializer=voiceslot_dot_v1_dot_synthesizer__pb2.SynthesizeLiveResponse.FromString,
+                _registered_method=True)
         self.CreateBatchJob = channel.unary_unary(
                 '/voiceslot.v1.SynthesizerService/CreateBatchJob',
                 request_serializer=voiceslot_dot_v1_dot_synthesizer__pb2.CreateBatchJobRequest.SerializeToString,
@@ -103,6 +108,19 @@ class SynthesizerServiceServicer:
     def SynthesizeStream(self, request, context):
         """The utterance sentence by sentence, in order. The first message carries the format;
         for WAV the first chunk begins with a streaming header.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SynthesizeLive(self, request_iterator, context):
+        """Live text in, live audio out, for voice agents: the client streams text fragments as
+        an LLM produces them (the first message is `start`), the server cuts sentences as
+        they complete and streams their audio back in order, each chunk tagged with the span
+        of text it speaks. One lease covers the whole turn. Cancelling the call (barge-in)
+        stops generation and releases the lease at once. Bounded: characters buffered per
+        turn, fragments per second and idle time are settings; exceeding one ends the call
+        with RESOURCE_EXHAUSTED or DEADLINE_EXCEEDED naming it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -162,6 +180,11 @@ def add_SynthesizerServiceServicer_to_server(servicer, server):
                     servicer.SynthesizeStream,
                     request_deserializer=voiceslot_dot_v1_dot_synthesizer__pb2.SynthesizeStreamRequest.FromString,
                     response_serializer=voiceslot_dot_v1_dot_synthesizer__pb2.SynthesizeStreamResponse.SerializeToString,
+            ),
+            'SynthesizeLive': grpc.stream_stream_rpc_method_handler(
+                    servicer.SynthesizeLive,
+                    request_deserializer=voiceslot_dot_v1_dot_synthesizer__pb2.SynthesizeLiveRequest.FromString,
+                    response_serializer=voiceslot_dot_v1_dot_synthesizer__pb2.SynthesizeLiveResponse.SerializeToString,
             ),
             'CreateBatchJob': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateBatchJob,
@@ -255,6 +278,33 @@ class SynthesizerService:
             '/voiceslot.v1.SynthesizerService/SynthesizeStream',
             voiceslot_dot_v1_dot_synthesizer__pb2.SynthesizeStreamRequest.SerializeToString,
             voiceslot_dot_v1_dot_synthesizer__pb2.SynthesizeStreamResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SynthesizeLive(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/voiceslot.v1.SynthesizerService/SynthesizeLive',
+            voiceslot_dot_v1_dot_synthesizer__pb2.SynthesizeLiveRequest.SerializeToString,
+            voiceslot_dot_v1_dot_synthesizer__pb2.SynthesizeLiveResponse.FromString,
             options,
             channel_credentials,
             insecure,

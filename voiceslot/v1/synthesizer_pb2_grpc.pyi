@@ -46,6 +46,15 @@ class SynthesizerServiceStub:
     """The utterance sentence by sentence, in order. The first message carries the format;
     for WAV the first chunk begins with a streaming header.
     """
+    SynthesizeLive: _grpc.StreamStreamMultiCallable[_synthesizer_pb2.SynthesizeLiveRequest, _synthesizer_pb2.SynthesizeLiveResponse]
+    """Live text in, live audio out, for voice agents: the client streams text fragments as
+    an LLM produces them (the first message is `start`), the server cuts sentences as
+    they complete and streams their audio back in order, each chunk tagged with the span
+    of text it speaks. One lease covers the whole turn. Cancelling the call (barge-in)
+    stops generation and releases the lease at once. Bounded: characters buffered per
+    turn, fragments per second and idle time are settings; exceeding one ends the call
+    with RESOURCE_EXHAUSTED or DEADLINE_EXCEEDED naming it.
+    """
     CreateBatchJob: _grpc.UnaryUnaryMultiCallable[_synthesizer_pb2.CreateBatchJobRequest, _synthesizer_pb2.CreateBatchJobResponse]
     """Admin only. Creates a batch job ("brief") of items rendered to stored audio files.
     INVALID_ARGUMENT for an empty job, a bad item name or text.
@@ -78,6 +87,15 @@ class SynthesizerServiceAsyncStub(SynthesizerServiceStub):
     SynthesizeStream: _aio.UnaryStreamMultiCallable[_synthesizer_pb2.SynthesizeStreamRequest, _synthesizer_pb2.SynthesizeStreamResponse]  # type: ignore[assignment]
     """The utterance sentence by sentence, in order. The first message carries the format;
     for WAV the first chunk begins with a streaming header.
+    """
+    SynthesizeLive: _aio.StreamStreamMultiCallable[_synthesizer_pb2.SynthesizeLiveRequest, _synthesizer_pb2.SynthesizeLiveResponse]  # type: ignore[assignment]
+    """Live text in, live audio out, for voice agents: the client streams text fragments as
+    an LLM produces them (the first message is `start`), the server cuts sentences as
+    they complete and streams their audio back in order, each chunk tagged with the span
+    of text it speaks. One lease covers the whole turn. Cancelling the call (barge-in)
+    stops generation and releases the lease at once. Bounded: characters buffered per
+    turn, fragments per second and idle time are settings; exceeding one ends the call
+    with RESOURCE_EXHAUSTED or DEADLINE_EXCEEDED naming it.
     """
     CreateBatchJob: _aio.UnaryUnaryMultiCallable[_synthesizer_pb2.CreateBatchJobRequest, _synthesizer_pb2.CreateBatchJobResponse]  # type: ignore[assignment]
     """Admin only. Creates a batch job ("brief") of items rendered to stored audio files.
@@ -120,6 +138,21 @@ class SynthesizerServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_synthesizer_pb2.SynthesizeStreamResponse], _abc.AsyncIterator[_synthesizer_pb2.SynthesizeStreamResponse]]:
         """The utterance sentence by sentence, in order. The first message carries the format;
         for WAV the first chunk begins with a streaming header.
+        """
+
+    @_abc_1.abstractmethod
+    def SynthesizeLive(
+        self,
+        request_iterator: _MaybeAsyncIterator[_synthesizer_pb2.SynthesizeLiveRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_synthesizer_pb2.SynthesizeLiveResponse], _abc.AsyncIterator[_synthesizer_pb2.SynthesizeLiveResponse]]:
+        """Live text in, live audio out, for voice agents: the client streams text fragments as
+        an LLM produces them (the first message is `start`), the server cuts sentences as
+        they complete and streams their audio back in order, each chunk tagged with the span
+        of text it speaks. One lease covers the whole turn. Cancelling the call (barge-in)
+        stops generation and releases the lease at once. Bounded: characters buffered per
+        turn, fragments per second and idle time are settings; exceeding one ends the call
+        with RESOURCE_EXHAUSTED or DEADLINE_EXCEEDED naming it.
         """
 
     @_abc_1.abstractmethod
