@@ -12,7 +12,10 @@ through the RunMaintenance admin RPC (which the operator drives).
   copy is neither listed nor found by its id become IDLE.
 - reclaim idle: READY voices unused past the idle threshold are reclaimed, but only at
   providers with requests waiting, through the same reclaim decision the dispatcher uses
-  (reclaims in flight count, the add/edit budget is respected).
+  (reclaims in flight count, the add/edit budget is respected). It first refreshes each
+  provider's remaining add/edit budget when the last refresh is older than
+  ``budget_refresh_s``, so the budget reserve is checked against the provider's figure
+  on a schedule, not only when reconciliation runs.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from __future__ import annotations
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from enum import StrEnum
 
 from allocator_svc.domain.reclaim import ReclaimPolicy
@@ -74,6 +77,11 @@ class Maintenance:
         self.lifecycle = lifecycle
         self.config = config
         self.reclaim_policy = reclaim_policy
+        # When each provider's add/edit budget was last asked for (this replica's clock);
+        # the first scheduled ask comes one period after start (reconciliation, which
+        # also records it, usually comes first).
+        self._started = lifecycle.clock.now()
+        self._budget_at: dict[str, datetime] = {}
 
     @property
     def clock(self):  # noqa: ANN201 - the lifecycle's clock
@@ -238,10 +246,21 @@ class Maintenance:
         except ProviderError as exc:
             result.errors.append(f"{name}: capacity: {exc.message}")
             return
-        await self.repo.set_add_edit_remaining(name, capacity.add_edit_remaining, self.clock.now())
+        now = self.clock.now()
+        await self.repo.set_add_edit_remaining(name, capacity.add_edit_remaining, now)
+        self._budget_at[name] = now
+
+    async def refresh_budgets(self, provider: str = "", *, result: TaskResult) -> None:
+        """Ask each provider whose budget figure is older than ``budget_refresh_s``."""
+        now = self.clock.now()
+        every = timedelta(seconds=self.config.budget_refresh_s)
+        for name in self._providers(provider):
+            if now - self._budget_at.get(name, self._started) >= every:
+                await self._record_budget(name, result)
 
     async def reclaim_idle(self, provider: str = "") -> TaskResult:
         result = TaskResult(Task.RECLAIM_IDLE)
+        await self.refresh_budgets(provider, result=result)
         now = self.clock.now()
         idle_since = now - timedelta(seconds=self.config.idle_reclaim_after_s)
         for name in self._providers(provider):

@@ -38,6 +38,15 @@ class VoiceRow(Base):
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
     state_changed_at: Mapped[datetime] = mapped_column(UtcDateTime)
     last_used_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    # Use statistics for the adaptive reclaim policy (domain.usage), moved by the lease
+    # grant's own UPDATE (repository.slots.usage_touch).
+    use_freq: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
+    use_requests: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    use_continued: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    use_burst: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    use_sessions: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    use_expected: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
+    use_gap_sum: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
 
     __table_args__ = (
         Index("ix_voices_provider_state", "provider", "state"),

@@ -17,7 +17,8 @@ from datetime import datetime, timedelta
 from allocator_svc import gauges
 from allocator_svc.dispatcher import Dispatcher
 from allocator_svc.domain.breaker import BreakerPolicy
-from allocator_svc.domain.reclaim import LeastRecentlyUsed, ReclaimPolicy
+from allocator_svc.domain.policies import reclaim_policy
+from allocator_svc.domain.reclaim import ReclaimPolicy
 from allocator_svc.domain.retry import RetryPolicy
 from allocator_svc.domain.states import EventReason, VoiceState
 from allocator_svc.lifecycle import Lifecycle
@@ -55,12 +56,13 @@ class RegisterParams:
 
 
 def default_reclaim_policy(config: AllocatorConfig) -> ReclaimPolicy:
-    """LRU, never evicting a voice sooner after it became ready than the shorter of 10 s
-    and the idle threshold: a deployment that calls a voice idle after 1 s has said it
-    wants slots to turn over that fast, and the residency exists only to let the
-    requester come back for its lease before anyone may evict the voice."""
-    residency = min(LeastRecentlyUsed.min_residency, timedelta(seconds=config.idle_reclaim_after_s))
-    return LeastRecentlyUsed(min_residency=residency)
+    """The policy ``config.reclaim_policy`` names (``domain.policies``)."""
+    return reclaim_policy(
+        config.reclaim_policy,
+        idle_reclaim_after_s=config.idle_reclaim_after_s,
+        add_edit_reserve=config.add_edit_reserve,
+        max_wait_s=config.reclaim_max_wait_s,
+    )
 
 
 class ChangeFeed:

@@ -153,6 +153,19 @@ class AllocatorConfig(BaseModel):
     """Built-in maintenance loop period; None when the operator drives maintenance."""
     idle_reclaim_after_s: float = Field(default=900.0, gt=0)
     """A READY voice unused this long may be reclaimed when its provider has backlog."""
+    reclaim_policy: Literal["adaptive", "lru"] = "adaptive"
+    """Which voice to evict when a provider is full and requests wait: ``adaptive`` ranks
+    voices by their expected use from the history every replica shares and may let a
+    request wait for a live session to end; ``lru`` evicts the least recently used and
+    never waits (see the README)."""
+    reclaim_max_wait_s: float = Field(default=30.0, ge=0)
+    """Longest the adaptive policy lets a request wait for a voice's live session to end
+    before it evicts one anyway (0: never wait)."""
+    add_edit_reserve: int = Field(default=0, ge=0)
+    """Add/edit operations (ElevenLabs' monthly clone cap) no reclaim may spend: evicting
+    stops while the provider's remaining budget is at or below this."""
+    budget_refresh_s: float = Field(default=300.0, gt=0)
+    """How often maintenance asks each provider for its remaining add/edit budget."""
     gauge_interval_s: float | None = Field(default=15.0, gt=0)
     """How often the allocator refreshes its state gauges (backlog, slots, breaker, stuck
     allocations, add/edit budget) from the database; None: only when ListProviders runs."""

@@ -7,9 +7,15 @@ both honour the same limits: how many evictions the waiting requests need *after
 free slots and the reclaims already in flight, and the provider's add/edit budget.
 
 A policy sees plain values (no rows, no clock calls) so a simulator can replay recorded
-traces against alternatives. The rules every policy keeps are applied first by
-``eligible``: never a leased or pinned voice, never one that only just became ready
-(evicting it would thrash), and never anything when nobody is waiting.
+traces against alternatives (``bench/slot_economy.py`` drives these very objects). The
+rules every policy keeps are applied first by ``eligible``: never a leased or pinned
+voice, never one that only just became ready (evicting it would thrash), and never
+anything when nobody is waiting. A policy may return fewer voices than the waiting
+requests need: the rest stay queued and the dispatcher asks again on its next round —
+that is how a policy lets a request wait rather than evict (see ``adaptive``).
+
+Policies: ``LeastRecentlyUsed`` here, ``adaptive.Adaptive`` (the default); a deployment
+picks one by name (``policies.reclaim_policy``).
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
 
+from allocator_svc.domain.usage import SessionShape, VoiceUsage
+
 
 @dataclass(frozen=True)
 class SlotCandidate:
@@ -27,6 +35,8 @@ class SlotCandidate:
     ready_since: datetime
     pinned: bool
     active_leases: int
+    usage: VoiceUsage | None = None
+    """The voice's use statistics (``domain.usage``); None: the policy does not need them."""
 
 
 @dataclass(frozen=True)
@@ -39,6 +49,11 @@ class ProviderPressure:
     reclaiming: int = 0
     """Slots already being freed (reclaims in flight): each serves one waiting request,
     so evicting another voice for that request would evict one too many."""
+    oldest_waiting_since: datetime | None = None
+    """When the longest-waiting request came: a policy that lets requests wait bounds
+    the wait from here."""
+    shape: SessionShape | None = None
+    """The provider's voices' use statistics summed (``domain.usage``)."""
 
 
 def evictions_needed(pressure: ProviderPressure, *, add_edit_reserve: int = 0) -> int:
@@ -51,8 +66,18 @@ def evictions_needed(pressure: ProviderPressure, *, add_edit_reserve: int = 0) -
     return max(0, wanted)
 
 
+def may_evict(*, pinned: bool, active_leases: int, age_s: float, min_residency_s: float) -> bool:
+    """The rule every policy keeps: not pinned, not leased, ready long enough."""
+    return not pinned and active_leases == 0 and age_s >= min_residency_s
+
+
 def eligible(c: SlotCandidate, *, now: datetime, min_residency: timedelta) -> bool:
-    return not c.pinned and c.active_leases == 0 and now - c.ready_since >= min_residency
+    return may_evict(
+        pinned=c.pinned,
+        active_leases=c.active_leases,
+        age_s=(now - c.ready_since).total_seconds(),
+        min_residency_s=min_residency.total_seconds(),
+    )
 
 
 class ReclaimPolicy(Protocol):

@@ -50,6 +50,7 @@ from allocator_svc.repository._base import (
     naive_utc,
     voice_from,
 )
+from allocator_svc.repository.slots import usage_touch
 from voiceslot.db import UtcDateTime
 from voiceslot.errors import NotFound, bounded
 from voiceslot.ids import new_id
@@ -133,7 +134,7 @@ class _Grant:
         touched = (
             update(VoiceRow)
             .where(VoiceRow.id == locked.c.id)
-            .values(last_used_at=now)
+            .values(last_used_at=now, **usage_touch(now, postgres=True))
             .returning(*_VOICE_COLUMNS)
             .cte("touched")
         )
@@ -166,7 +167,7 @@ class _Grant:
                 VoiceRow.state == S.READY.value,
                 _owner_ok(bindparam("b_owner"), VoiceRow.owner),
             )
-            .values(last_used_at=now)
+            .values(last_used_at=now, **usage_touch(now, postgres=False))
         )
         voices = VoiceRow.__table__
         granted_one = self._granted(one_req, voices).subquery("granted")

@@ -3,6 +3,11 @@ deleted) and checking them against the provider (reconciliation).
 
 A slot stays counted while the voice is RECLAIMING: the remote copy still occupies it
 at the provider until the delete is confirmed.
+
+The reclaim policy is fed what the allocator knows: each READY voice's leases, pin and
+use statistics (``domain.usage``, kept in the voices table by ``usage_touch`` in the
+lease grant), the provider's statistics summed over its voices, the backlog and when its
+oldest request came, and the add/edit budget left.
 """
 
 from __future__ import annotations
@@ -10,12 +15,19 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, Float, and_, case, cast, func, literal, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from allocator_svc.domain.reclaim import ProviderPressure, ReclaimPolicy, SlotCandidate
 from allocator_svc.domain.states import EventReason, VoiceSeen, VoiceState
-from allocator_svc.models import ProviderRow, VoiceRow
+from allocator_svc.domain.usage import (
+    HALF_LIFE_S,
+    SESSION_GAP_S,
+    TAU_S,
+    SessionShape,
+    VoiceUsage,
+)
+from allocator_svc.models import AllocationRequestRow, ProviderRow, VoiceRow
 from allocator_svc.records import ReclaimTarget, Voice
 from allocator_svc.repository._base import RepositoryBase, S, record, transition
 from voiceslot.errors import FailedPrecondition, bounded
@@ -26,7 +38,87 @@ def last_used(v: type[VoiceRow]) -> Any:
     return func.coalesce(v.last_used_at, v.state_changed_at)
 
 
+def _seconds_since(now: Any, then: Any, *, postgres: bool) -> ColumnElement[float]:
+    if postgres:
+        return cast(func.extract("epoch", now - then), Float)
+    return (func.julianday(now) - func.julianday(then)) * 86400.0
+
+
+def usage_touch(now: Any, *, postgres: bool) -> dict[str, ColumnElement[Any]]:
+    """``domain.usage.observe`` as SET expressions of the UPDATE that grants a lease
+    (``repository.leases``): every right-hand side reads the row's previous values, so
+    the statistics move in the same statement, no read first. ``now`` is the grant's
+    time parameter."""
+    v = VoiceRow
+    dt = _seconds_since(now, v.last_used_at, postgres=postgres)
+    gap = case((dt > 0, dt), else_=literal(0.0))
+    first = or_(v.use_requests == 0, v.last_used_at.is_(None))
+    cont = and_(~first, gap < SESSION_GAP_S)
+    before = v.use_freq * func.power(0.5, gap / HALF_LIFE_S)
+    start_continued = -func.exp(-before / TAU_S * SESSION_GAP_S) + 1.0
+    return {
+        "use_freq": case((first, literal(1.0)), else_=before + 1.0),
+        "use_requests": v.use_requests + 1,
+        "use_continued": v.use_continued + case((cont, 1), else_=0),
+        "use_burst": case((cont, v.use_burst + 1), else_=1),
+        "use_sessions": v.use_sessions + case((and_(cont, v.use_burst == 1), 1), else_=0),
+        "use_gap_sum": v.use_gap_sum + case((cont, gap), else_=literal(0.0)),
+        "use_expected": v.use_expected
+        + case((or_(first, cont), literal(0.0)), else_=start_continued),
+    }
+
+
+def usage_of(r: VoiceRow) -> VoiceUsage:
+    return VoiceUsage(
+        r.use_freq,
+        r.use_requests,
+        r.use_continued,
+        r.use_burst,
+        r.use_sessions,
+        r.use_expected,
+        r.use_gap_sum,
+    )
+
+
 class SlotsRepository(RepositoryBase):
+    async def _session_shape(self, s: AsyncSession, provider: str) -> SessionShape:
+        """The provider's voices' use statistics summed (one aggregate query)."""
+        v = VoiceRow
+        row = (
+            await s.execute(
+                select(
+                    func.coalesce(func.sum(v.use_requests - v.use_continued), 0),
+                    func.coalesce(func.sum(v.use_sessions), 0),
+                    func.coalesce(func.sum(v.use_expected), 0.0),
+                    func.coalesce(func.sum(v.use_gap_sum), 0.0),
+                    func.coalesce(func.sum(v.use_continued), 0),
+                    func.min(v.created_at),
+                ).where(v.provider == provider)
+            )
+        ).one()
+        since: datetime | None = row[5]
+        return SessionShape(
+            float(row[0]),
+            float(row[1]),
+            float(row[2]),
+            float(row[3]),
+            float(row[4]),
+            since.timestamp() if since is not None else None,
+        )
+
+    async def _oldest_waiting(
+        self, s: AsyncSession, provider: str, now: datetime
+    ) -> datetime | None:
+        """When the longest-waiting due request at ``provider`` came."""
+        r = AllocationRequestRow
+        return (
+            await s.execute(
+                select(func.min(r.created_at)).where(
+                    r.provider == provider, r.state == "queued", r.run_at <= now
+                )
+            )
+        ).scalar_one_or_none()
+
     async def _plan_reclaims(
         self,
         s: AsyncSession,
@@ -56,7 +148,14 @@ class SlotsRepository(RepositoryBase):
         ).scalar_one()
         leases = await self._lease_counts(s, [r.id for r in rows], now)
         candidates = [
-            SlotCandidate(r.id, r.last_used_at, r.state_changed_at, r.pinned, leases.get(r.id, 0))
+            SlotCandidate(
+                r.id,
+                r.last_used_at,
+                r.state_changed_at,
+                r.pinned,
+                leases.get(r.id, 0),
+                usage=usage_of(r),
+            )
             for r in rows
         ]
         pressure = ProviderPressure(
@@ -64,6 +163,8 @@ class SlotsRepository(RepositoryBase):
             free_slots=free,
             add_edit_remaining=prov.add_edit_remaining,
             reclaiming=int(reclaiming),
+            oldest_waiting_since=await self._oldest_waiting(s, prov.name, now),
+            shape=await self._session_shape(s, prov.name),
         )
         by_id = {r.id: r for r in rows}
         targets = []
