@@ -25,7 +25,8 @@ from voiceslot.audio import StreamEncoder, encode, min_bytes_per_second, support
 from voiceslot.config import SynthConfig
 from voiceslot.ids import require_id
 from voiceslot.logs import get_logger
-from voiceslot.providers.base import PcmAudio, Provider, SynthesisRequest
+from voiceslot.providers.base import PcmAudio, Provider, SpeechOptions, SynthesisRequest
+from voiceslot.providers.options import check_finite
 from voiceslot.text import pieces_to_speak, validate_text
 from voiceslot.validation import language_tag
 
@@ -45,6 +46,8 @@ class SpeechRequest:
     format: OutputFormat
     language: str = ""
     seed: int | None = None
+    options: SpeechOptions = SpeechOptions()
+    """Speed and provider voice settings; the voice's engine refuses what it lacks."""
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,7 @@ class Synthesizer:
         # the rule RegisterVoice uses before it reaches an engine or a provider's API.
         require_id("voice_id", request.voice_id, "v")  # here, before a call to the allocator
         language_tag("language", request.language, default="")
+        check_finite(request.options)  # the engine's own ranges: once its lease says which
         text = validate_text(request.text, max_chars=self.config.max_text_chars)
         return pieces_to_speak(text, max_chars=SENTENCE_MAX_CHARS)
 
@@ -93,6 +97,7 @@ class Synthesizer:
         """The engine's audio, sentence by sentence, in order. Both the streaming and the
         unary call consume this one generator, so they produce the same samples."""
         engine = self._engine(active)
+        engine.check_options(request.options)  # before any engine work
         language = request.language or active.language
         for index, sentence in enumerate(sentences):
             produced = False
@@ -103,6 +108,7 @@ class Synthesizer:
                     language=language,
                     sample_rate_hz=request.format.sample_rate,
                     seed=request.seed,
+                    options=request.options,
                 )
             ):
                 if pcm.pcm16:

@@ -11,6 +11,7 @@ from synth_svc.batch import BatchJobs
 from synth_svc.domain.batch import ItemState, JobState
 from synth_svc.domain.formats import OutputFormat, requested_format
 from synth_svc.domain.timing import wait_budget_s
+from synth_svc.options import speech_options_from_proto
 from synth_svc.repository import Item, Job
 from synth_svc.service import SpeechRequest, Synthesizer
 from voiceslot.rpc.convert import duration, timestamp
@@ -105,6 +106,7 @@ class SynthesizerServicer(pb_grpc.SynthesizerServiceServicer):
             format=fmt,
             language=request.language,
             seed=request.seed or None,
+            options=speech_options_from_proto(request.options),
         )
 
     async def Synthesize(

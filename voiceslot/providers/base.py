@@ -152,6 +152,12 @@ class Provider(Protocol):
         """Audio for ``request.text`` in order, in chunks as the provider produces them."""
         ...
 
+    def check_options(self, options: SpeechOptions) -> None:
+        """Raise ``voiceslot.errors.InvalidArgument`` naming the first option this engine
+        does not have or whose value it does not take (``voiceslot.providers.options``);
+        called before any engine work, so nothing is ever silently ignored."""
+        ...
+
     async def aclose(self) -> None: ...
 
 

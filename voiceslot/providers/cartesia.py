@@ -35,15 +35,18 @@ from urllib.parse import quote
 import httpx
 
 from voiceslot.config import ProviderConfig
+from voiceslot.errors import InvalidArgument
 from voiceslot.providers import http
 from voiceslot.providers.base import (
     Capacity,
     CloneRequest,
     PcmAudio,
     RemoteVoice,
+    SpeechOptions,
     SynthesisRequest,
 )
 from voiceslot.providers.errors import Fatal, ProviderError, Transient, VoiceNotFound
+from voiceslot.providers.options import OptionRules, check_against, set_options
 
 DEFAULT_BASE_URL = "https://api.cartesia.ai"
 DEFAULT_MODEL_ID = "sonic-3"
@@ -51,7 +54,39 @@ SAMPLE_RATES = (8000, 16000, 22050, 24000, 44100, 48000)
 DEFAULT_SAMPLE_RATE = 24000
 PAGE_SIZE = 100
 """``GET /voices`` maximum ``limit``."""
+# fmt: off
+EMOTIONS = frozenset(
+    {
+        "happy", "excited", "enthusiastic", "elated", "euphoric", "triumphant",
+        "amazed", "surprised", "flirtatious", "curious", "content",
+        "peaceful", "serene", "calm", "grateful", "affectionate", "trust",
+        "sympathetic", "anticipation", "mysterious", "angry", "mad", "outraged",
+        "frustrated", "agitated", "threatened", "disgusted", "contempt", "envious",
+        "sarcastic", "ironic", "sad", "dejected", "melancholic", "disappointed", "hurt",
+        "guilty", "bored", "tired", "rejected", "nostalgic", "wistful", "apologetic",
+        "hesitant", "insecure", "confused", "resigned", "anxious", "panicked",
+        "alarmed", "scared", "neutral", "proud", "confident", "distant", "skeptical",
+        "contemplative", "determined",
+    }
+)
+# fmt: on
+"""Sonic-3's ``generation_config.emotion`` values: the ``Emotion`` enum of Cartesia's
+OpenAPI file (its guide also names "joking/comedic", which the API schema lacks)."""
+OPTION_RULES = OptionRules(
+    "Cartesia",
+    ranges={"speed": (0.6, 1.5), "volume": (0.5, 2.0)},
+    choices={"emotion": EMOTIONS},
+)
+"""What sonic-3's ``generation_config`` takes."""
+GENERATION_CONFIG_MODELS = "sonic-3"
+"""Model ids starting with this take ``generation_config``; earlier models ignore it."""
 _LABEL_MARKER = re.compile(r"\[voiceslot_label=([^\]\s]+)\]")
+
+
+def generation_config(opts: SpeechOptions) -> dict[str, Any]:
+    """The request's ``generation_config``: only what the caller set."""
+    values = {"speed": opts.speed, "volume": opts.volume, "emotion": opts.emotion}
+    return {name: value for name, value in values.items() if value is not None}
 
 
 def describe(label: str, description: str) -> str:
@@ -303,6 +338,16 @@ class CartesiaProvider(http.HttpAdapter):
         # The connection closed without a ``done`` event: the audio is incomplete.
         raise Transient(f"{what}: stream ended before its done event", provider=self.name)
 
+    def check_options(self, options: SpeechOptions) -> None:
+        check_against(options, OPTION_RULES)
+        if set_options(options) and not self._model_id.startswith(GENERATION_CONFIG_MODELS):
+            # Earlier models ignore generation_config: refuse rather than pretend.
+            raise InvalidArgument(
+                "options",
+                f"speed, volume and emotion need a sonic-3 model; this account uses "
+                f"{self._model_id}",
+            )
+
     async def aclose(self) -> None:
         if self._owns_client:
             await self._client.aclose()
@@ -310,13 +355,16 @@ class CartesiaProvider(http.HttpAdapter):
     # -- plumbing -----------------------------------------------------------------------
 
     def _tts_payload(self, request: SynthesisRequest) -> dict[str, Any]:
-        return {
+        payload: dict[str, Any] = {
             "model_id": self._model_id,
             "transcript": request.text,
             "voice": {"mode": "id", "id": request.provider_voice_id},
             "output_format": output_format(request.sample_rate_hz),
             "language": language_code(request.language),
         }
+        if config := generation_config(request.options):
+            payload["generation_config"] = config
+        return payload
 
     async def _pages(
         self, params: Mapping[str, str], *, what: str

@@ -33,6 +33,7 @@ from voiceslot.providers.base import (
     CloneRequest,
     PcmAudio,
     RemoteVoice,
+    SpeechOptions,
     SynthesisRequest,
 )
 from voiceslot.providers.errors import (
@@ -43,6 +44,7 @@ from voiceslot.providers.errors import (
     ProviderError,
     VoiceNotFound,
 )
+from voiceslot.providers.options import OptionRules, check_against
 
 DEFAULT_BASE_URL = "https://api.elevenlabs.io"
 DEFAULT_MODEL_ID = "eleven_multilingual_v2"
@@ -72,6 +74,28 @@ def character_cap(model_id: str) -> int:
 
 def supports_language_code(model_id: str) -> bool:
     return any(marker in model_id for marker in _LANGUAGE_CODE_MODELS)
+
+
+OPTION_RULES = OptionRules(
+    "ElevenLabs",
+    ranges={
+        "speed": (0.7, 1.2),
+        "stability": (0.0, 1.0),
+        "similarity_boost": (0.0, 1.0),
+        "style": (0.0, 1.0),
+    },
+    flags=frozenset({"use_speaker_boost"}),
+)
+"""What ``voice_settings`` takes (the API's own ranges; it answers 422 outside them)."""
+_VOICE_SETTINGS = ("stability", "similarity_boost", "style", "use_speaker_boost", "speed")
+
+
+def voice_settings(opts: SpeechOptions) -> dict[str, Any]:
+    """The request's ``voice_settings``: only what the caller set, so the voice's stored
+    settings stay in force for the rest."""
+    return {
+        name: getattr(opts, name) for name in _VOICE_SETTINGS if getattr(opts, name) is not None
+    }
 
 
 def output_format_for(sample_rate_hz: int) -> tuple[str, int]:
@@ -307,6 +331,9 @@ class ElevenLabsProvider(http.HttpAdapter):
                     if pcm:
                         yield PcmAudio(pcm16=pcm, sample_rate=rate)
 
+    def check_options(self, options: SpeechOptions) -> None:
+        check_against(options, OPTION_RULES)
+
     async def aclose(self) -> None:
         if self._owns_client:
             await self._client.aclose()
@@ -326,6 +353,8 @@ class ElevenLabsProvider(http.HttpAdapter):
         payload: dict[str, Any] = {"text": request.text, "model_id": self._model_id}
         if request.seed is not None:
             payload["seed"] = request.seed
+        if settings := voice_settings(request.options):
+            payload["voice_settings"] = settings
         if supports_language_code(self._model_id) and request.language:
             payload["language_code"] = request.language.split("-")[0].lower()
         path = f"/v1/text-to-speech/{quote(request.provider_voice_id, safe='')}"

@@ -16,9 +16,14 @@ from voiceslot.providers.base import (
     CloneRequest,
     PcmAudio,
     RemoteVoice,
+    SpeechOptions,
     SynthesisRequest,
 )
 from voiceslot.providers.errors import ProviderError, VoiceNotFound
+from voiceslot.providers.options import OptionRules, check_against
+
+FAKE_OPTIONS = OptionRules("fake", ranges={"speed": (0.5, 2.0)})
+"""The fake speaks at any speed a real engine would; it has no voice settings."""
 
 
 class FakeProvider:
@@ -92,6 +97,9 @@ class FakeProvider:
 
     async def synthesize_stream(self, request: SynthesisRequest) -> AsyncIterator[PcmAudio]:
         yield await self.synthesize(request)
+
+    def check_options(self, options: SpeechOptions) -> None:
+        check_against(options, FAKE_OPTIONS)
 
     async def aclose(self) -> None:
         return None

@@ -44,6 +44,7 @@ from voiceslot.providers.base import (
     CloneRequest,
     PcmAudio,
     RemoteVoice,
+    SpeechOptions,
     SynthesisRequest,
 )
 from voiceslot.providers.errors import (
@@ -67,6 +68,7 @@ from voiceslot.providers.local.model_cache import ModelCache
 from voiceslot.providers.local.models import EngineModel, seed_generation
 from voiceslot.providers.local.pcm import decode_sample, float_to_pcm16
 from voiceslot.providers.local.pool import EnginePool
+from voiceslot.providers.options import OptionRules, check_against
 from voiceslot.storage.base import Storage
 
 logger = logging.getLogger(__name__)
@@ -78,6 +80,16 @@ DEFAULT_STREAM_CHUNK_TOKENS = 20
 DEFAULT_MAX_TEXT_CHARS = 1000
 """Text longer than this is refused before it takes a queue place; the exact limit (XTTS's
 text-token assert) is checked on the worker with the model's own tokenizer."""
+
+
+OPTION_RULES = OptionRules("local", ranges={"speed": (0.5, 2.0)})
+"""XTTS takes a speaking rate (its ``speed``, a length scale on the generated latents);
+the providers' voice settings have no counterpart here."""
+
+
+def speed_arguments(options: SpeechOptions) -> dict[str, float]:
+    """``speed=`` for the model when the caller set one; the model's default otherwise."""
+    return {} if options.speed is None else {"speed": options.speed}
 
 
 def classify_engine_error(error: BaseException, *, provider: str) -> BaseException:
@@ -202,7 +214,12 @@ class LocalProvider:
         def job(model: EngineModel) -> PcmAudio:
             seed_generation(request.seed)
             began = time.perf_counter()
-            wav = model.synthesize(request.text, language=request.language, voice=voice)
+            wav = model.synthesize(
+                request.text,
+                language=request.language,
+                voice=voice,
+                **speed_arguments(request.options),
+            )
             audio = PcmAudio(float_to_pcm16(wav), model.sample_rate)
             _log_speed(audio, time.perf_counter() - began)
             return audio
@@ -219,7 +236,11 @@ class LocalProvider:
             try:
                 seed_generation(request.seed)
                 chunks = model.stream(
-                    request.text, language=request.language, voice=voice, chunk_tokens=chunk_tokens
+                    request.text,
+                    language=request.language,
+                    voice=voice,
+                    chunk_tokens=chunk_tokens,
+                    **speed_arguments(request.options),
                 )
                 for chunk in chunks:
                     if chunk.size:
@@ -234,6 +255,9 @@ class LocalProvider:
 
         async for audio in self._pool.stream(job):
             yield audio
+
+    def check_options(self, options: SpeechOptions) -> None:
+        check_against(options, OPTION_RULES)
 
     # --- lifecycle ----------------------------------------------------------------
 

@@ -50,10 +50,18 @@ class EngineModel(Protocol):
 
     def clone(self, audio: np.ndarray, sample_rate: int) -> VoiceLatents: ...
 
-    def synthesize(self, text: str, *, language: str, voice: VoiceLatents) -> np.ndarray: ...
+    def synthesize(
+        self, text: str, *, language: str, voice: VoiceLatents, speed: float = 1.0
+    ) -> np.ndarray: ...
 
     def stream(
-        self, text: str, *, language: str, voice: VoiceLatents, chunk_tokens: int
+        self,
+        text: str,
+        *,
+        language: str,
+        voice: VoiceLatents,
+        chunk_tokens: int,
+        speed: float = 1.0,
     ) -> Iterator[np.ndarray]: ...
 
 
@@ -168,7 +176,9 @@ class XttsModel:
             self.check_text(piece, language)
         return code, pieces
 
-    def synthesize(self, text: str, *, language: str, voice: VoiceLatents) -> np.ndarray:
+    def synthesize(
+        self, text: str, *, language: str, voice: VoiceLatents, speed: float = 1.0
+    ) -> np.ndarray:
         code, pieces = self.pieces(text, language)
         self.check_voice(voice)
         wavs = [
@@ -178,6 +188,7 @@ class XttsModel:
                     code,
                     voice.gpt_cond_latent,
                     voice.speaker_embedding,
+                    speed=speed,
                     **self._inference_settings(),
                 )["wav"],
                 dtype=np.float32,
@@ -187,7 +198,13 @@ class XttsModel:
         return wavs[0] if len(wavs) == 1 else np.concatenate(wavs)
 
     def stream(
-        self, text: str, *, language: str, voice: VoiceLatents, chunk_tokens: int
+        self,
+        text: str,
+        *,
+        language: str,
+        voice: VoiceLatents,
+        chunk_tokens: int,
+        speed: float = 1.0,
     ) -> Iterator[np.ndarray]:
         code, pieces = self.pieces(text, language)
         self.check_voice(voice)
@@ -198,6 +215,7 @@ class XttsModel:
                 voice.gpt_cond_latent,
                 voice.speaker_embedding,
                 stream_chunk_size=chunk_tokens,
+                speed=speed,
                 **self._inference_settings(),
             )
             try:
@@ -225,10 +243,18 @@ class UncloneableModel:
     def clone(self, audio: np.ndarray, sample_rate: int) -> VoiceLatents:
         raise self._refuse()
 
-    def synthesize(self, text: str, *, language: str, voice: VoiceLatents) -> np.ndarray:
+    def synthesize(
+        self, text: str, *, language: str, voice: VoiceLatents, speed: float = 1.0
+    ) -> np.ndarray:
         raise self._refuse()
 
     def stream(
-        self, text: str, *, language: str, voice: VoiceLatents, chunk_tokens: int
+        self,
+        text: str,
+        *,
+        language: str,
+        voice: VoiceLatents,
+        chunk_tokens: int,
+        speed: float = 1.0,
     ) -> Iterator[np.ndarray]:
         raise self._refuse()

@@ -25,14 +25,18 @@ def voice_pitch(voice_key: str) -> float:
     return 90.0 + (int.from_bytes(digest[:4], "big") % 1600) / 10.0
 
 
-def speech_seconds(text: str) -> float:
-    return min(MAX_SECONDS, max(MIN_SECONDS, SECONDS_PER_CHAR * len(text)))
+def speech_seconds(text: str, *, speed: float = 1.0) -> float:
+    """How long ``text`` takes at ``speed`` (a multiple of the normal rate)."""
+    return min(MAX_SECONDS, max(MIN_SECONDS, SECONDS_PER_CHAR * len(text) / speed))
 
 
-def render_speech(text: str, *, voice_key: str, sample_rate: int, seed: int = 0) -> np.ndarray:
+def render_speech(
+    text: str, *, voice_key: str, sample_rate: int, seed: int = 0, speed: float = 1.0
+) -> np.ndarray:
     """Mono float32 audio in [-0.8, 0.8]: a voiced tone with syllable envelopes whose
-    pitch is the voice's and whose length follows the text."""
-    n = int(round(speech_seconds(text) * sample_rate))
+    pitch is the voice's and whose length follows the text (shorter at a higher
+    ``speed``, so a test can hear that a speed reached the provider)."""
+    n = int(round(speech_seconds(text, speed=speed) * sample_rate))
     t = np.arange(n, dtype=np.float64) / sample_rate
     base = voice_pitch(voice_key)
     wobble = (

@@ -25,6 +25,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from voiceslot.providers.cartesia import EMOTIONS
 from voiceslot.testing.emulator import audio
 from voiceslot.testing.emulator._common import (
     DroppedResponse,
@@ -179,6 +180,34 @@ def parse_tts_body(body: Any, *, sse: bool) -> tuple[str, str, tuple[str, str, i
     return body["transcript"], str(voice["id"]), parse_output_format(body["output_format"], sse=sse)
 
 
+GENERATION_RANGES = {"speed": (0.6, 1.5), "volume": (0.5, 2.0)}
+"""sonic-3's ``generation_config`` numbers and the ranges the API takes."""
+
+
+def parse_generation_config(value: Any) -> float:
+    """The speed a request's ``generation_config`` asks for (1.0 when it has none); 400
+    for values the API refuses."""
+    if value is None:
+        return 1.0
+    if not isinstance(value, dict):
+        raise bad_request("generation_config must be an object")
+    unknown = set(value) - {*GENERATION_RANGES, "emotion"}
+    if unknown:
+        raise bad_request(f"generation_config has unknown fields: {sorted(unknown)}")
+    for name, (low, high) in GENERATION_RANGES.items():
+        number = value.get(name)
+        if number is None:
+            continue
+        if isinstance(number, bool) or not isinstance(number, int | float):
+            raise bad_request(f"generation_config.{name} must be a number")
+        if not low <= number <= high:
+            raise bad_request(f"generation_config.{name} must be between {low:g} and {high:g}")
+    emotion = value.get("emotion")
+    if emotion is not None and emotion not in EMOTIONS:
+        raise bad_request(f"generation_config.emotion {emotion!r} is not a supported emotion")
+    return float(value.get("speed") or 1.0)
+
+
 def sse_event(payload: dict[str, Any]) -> bytes:
     return f"event: {payload['type']}\ndata: {json.dumps(payload)}\n\n".encode()
 
@@ -319,12 +348,13 @@ class CartesiaApi:
         body = json_or_none(await request.body())
         decision, account = await self._begin(request, Op.TTS, json_body=body)
         transcript, voice_id, (container, encoding, rate) = parse_tts_body(body, sse=False)
+        speed = parse_generation_config(body.get("generation_config"))
         voice = self.state.get_voice(account, voice_id)
         self.state.begin_tts(account, characters=len(transcript))
         try:
             if decision.latency_s > 0:
                 await asyncio.sleep(decision.latency_s)
-            data = self._render(transcript, voice, container, encoding, rate)
+            data = self._render(transcript, voice, container, encoding, rate, speed=speed)
         finally:
             self.state.end_tts(account)
         if loses_response(decision):
@@ -335,12 +365,13 @@ class CartesiaApi:
         body = json_or_none(await request.body())
         decision, account = await self._begin(request, Op.TTS_STREAM, json_body=body)
         transcript, voice_id, (_, encoding, rate) = parse_tts_body(body, sse=True)
+        speed = parse_generation_config(body.get("generation_config"))
         voice = self.state.get_voice(account, voice_id)
         self.state.begin_tts(account, characters=len(transcript))
         try:
             if decision.latency_s > 0:
                 await asyncio.sleep(decision.latency_s)
-            data = self._render(transcript, voice, "raw", encoding, rate)
+            data = self._render(transcript, voice, "raw", encoding, rate, speed=speed)
         except BaseException:
             self.state.end_tts(account)
             raise
@@ -385,9 +416,18 @@ class CartesiaApi:
 
     @staticmethod
     def _render(
-        transcript: str, voice: VoiceRecord, container: str, encoding: str, rate: int
+        transcript: str,
+        voice: VoiceRecord,
+        container: str,
+        encoding: str,
+        rate: int,
+        *,
+        speed: float = 1.0,
     ) -> bytes:
         samples = audio.render_speech(
-            transcript, voice_key=voice.sample_sha256 or voice.voice_id, sample_rate=rate
+            transcript,
+            voice_key=voice.sample_sha256 or voice.voice_id,
+            sample_rate=rate,
+            speed=speed,
         )
         return audio.encode(samples, sample_rate=rate, container=container, encoding=encoding)

@@ -63,6 +63,53 @@ def missing(*loc: str | int) -> dict[str, Any]:
     return {"loc": list(loc), "msg": "Field required", "type": "missing"}
 
 
+VOICE_SETTING_RANGES = {
+    "stability": (0.0, 1.0),
+    "similarity_boost": (0.0, 1.0),
+    "style": (0.0, 1.0),
+    "speed": (0.7, 1.2),
+}
+"""``voice_settings``' numbers and the ranges the API validates them against."""
+
+
+def voice_settings_errors(value: Any) -> list[dict[str, Any]]:
+    """What the API's validation says of a request's ``voice_settings`` (422 entries);
+    empty when it is absent or valid."""
+    if value is None:
+        return []
+    loc = ["body", "voice_settings"]
+    if not isinstance(value, dict):
+        return [{"loc": loc, "msg": "Input should be a valid dictionary", "type": "dict_type"}]
+    found = []
+    for name, (low, high) in VOICE_SETTING_RANGES.items():
+        number = value.get(name)
+        if number is None:
+            continue
+        where = [*loc, name]
+        if isinstance(number, bool) or not isinstance(number, int | float):
+            found.append(
+                {"loc": where, "msg": "Input should be a valid number", "type": "float_type"}
+            )
+        elif not low <= number <= high:
+            found.append(
+                {
+                    "loc": where,
+                    "msg": f"Input should be between {low:g} and {high:g}",
+                    "type": "value_error",
+                }
+            )
+    boost = value.get("use_speaker_boost")
+    if boost is not None and not isinstance(boost, bool):
+        found.append(
+            {
+                "loc": [*loc, "use_speaker_boost"],
+                "msg": "Input should be a valid boolean",
+                "type": "bool_type",
+            }
+        )
+    return found
+
+
 @dataclass(frozen=True)
 class OutputFormat:
     container: str
@@ -333,6 +380,9 @@ class ElevenLabsApi:
         decision, account = await self._begin(request, op, json_body=body)
         if not isinstance(body, dict) or not isinstance(body.get("text"), str):
             raise ValidationFailed([missing("body", "text")])
+        if errors := voice_settings_errors(body.get("voice_settings")):
+            raise ValidationFailed(errors)
+        speed = float((body.get("voice_settings") or {}).get("speed") or 1.0)
         fmt = parse_output_format(query.get("output_format", DEFAULT_OUTPUT_FORMAT))
         text: str = body["text"]
         model_id = str(body.get("model_id") or DEFAULT_MODEL_ID)
@@ -352,6 +402,7 @@ class ElevenLabsApi:
                 voice_key=voice.sample_sha256 or voice.voice_id,
                 sample_rate=fmt.sample_rate,
                 seed=int(body.get("seed") or 0),
+                speed=speed,
             )
             data = audio.encode(
                 samples, sample_rate=fmt.sample_rate, container=fmt.container, encoding=fmt.encoding
