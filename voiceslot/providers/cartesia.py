@@ -30,16 +30,18 @@ import json
 import re
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import httpx
 
 from voiceslot.config import ProviderConfig
 from voiceslot.errors import InvalidArgument
-from voiceslot.providers import http
+from voiceslot.providers import cartesia_live, http, live_ws
 from voiceslot.providers.base import (
     Capacity,
     CloneRequest,
+    LiveRequest,
+    LiveSession,
     PcmAudio,
     RemoteVoice,
     SpeechOptions,
@@ -225,8 +227,9 @@ class CartesiaProvider(http.HttpAdapter):
         self.name = config.name
         self._config = config
         self._base_url = (config.base_url or DEFAULT_BASE_URL).rstrip("/")
+        self._api_key = config.api_key.get_secret_value()
         self._headers = {
-            "Authorization": f"Bearer {config.api_key.get_secret_value()}",
+            "Authorization": f"Bearer {self._api_key}",
             "Cartesia-Version": config.api_version,
         }
         self._model_id = config.model_id or DEFAULT_MODEL_ID
@@ -347,6 +350,41 @@ class CartesiaProvider(http.HttpAdapter):
                 f"speed, volume and emotion need a sonic-3 model; this account uses "
                 f"{self._model_id}",
             )
+
+    def open_live(self, request: LiveRequest) -> LiveSession:
+        """A ``/tts/websocket`` session on one context (``cartesia_live``); it connects on
+        its first ``say``."""
+        fmt = output_format(request.sample_rate_hz)
+        template: dict[str, Any] = {
+            "model_id": self._model_id,
+            "voice": {"mode": "id", "id": request.provider_voice_id},
+            "output_format": fmt,
+            "language": language_code(request.language),
+        }
+        if config := generation_config(request.options):
+            template["generation_config"] = config
+        query = urlencode({"api_key": self._api_key, "cartesia_version": self._config.api_version})
+
+        def refused(status: int, body: bytes, retry_after: float | None) -> ProviderError:
+            return classify_error(
+                status, body, provider=self.name, retry_after=retry_after, voice_scoped=True
+            )
+
+        def stream_error(event: Mapping[str, Any]) -> ProviderError:
+            return classify_stream_error(event, provider=self.name)
+
+        return cartesia_live.CartesiaLiveSession(
+            provider=self.name,
+            url=f"{live_ws.http_to_ws(self._base_url)}/tts/websocket?{query}",
+            template=template,
+            sample_rate=fmt["sample_rate"],
+            word_timings=request.options.word_timings,
+            classify=refused,
+            stream_error=stream_error,
+            limits=live_ws.LiveLimits(
+                connect_timeout_s=self._config.timeout_s, idle_timeout_s=self._config.timeout_s
+            ),
+        )
 
     async def aclose(self) -> None:
         if self._owns_client:

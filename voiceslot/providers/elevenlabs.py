@@ -27,10 +27,12 @@ from urllib.parse import quote
 import httpx
 
 from voiceslot.config import ProviderConfig
-from voiceslot.providers import http
+from voiceslot.providers import elevenlabs_live, http, live_ws
 from voiceslot.providers.base import (
     Capacity,
     CloneRequest,
+    LiveRequest,
+    LiveSession,
     PcmAudio,
     RemoteVoice,
     SpeechOptions,
@@ -333,6 +335,39 @@ class ElevenLabsProvider(http.HttpAdapter):
 
     def check_options(self, options: SpeechOptions) -> None:
         check_against(options, OPTION_RULES)
+
+    def open_live(self, request: LiveRequest) -> LiveSession:
+        """A ``stream-input`` WebSocket session (``elevenlabs_live``); it connects on its
+        first ``say``."""
+        output_format, rate = output_format_for(request.sample_rate_hz)
+        language = None
+        if supports_language_code(self._model_id) and request.language:
+            language = request.language.split("-")[0].lower()
+        url = elevenlabs_live.live_url(
+            live_ws.http_to_ws(self._base_url),
+            request.provider_voice_id,
+            model_id=self._model_id,
+            output_format=output_format,
+            language=language,
+        )
+
+        def refused(status: int, body: bytes, retry_after: float | None) -> ProviderError:
+            return classify_error(
+                status, body, provider=self.name, retry_after=retry_after, voice_scoped=True
+            )
+
+        return elevenlabs_live.ElevenLabsLiveSession(
+            provider=self.name,
+            url=url,
+            api_key=self._headers["xi-api-key"],
+            sample_rate=rate,
+            voice_settings=voice_settings(request.options),
+            word_timings=request.options.word_timings,
+            classify=refused,
+            limits=live_ws.LiveLimits(
+                connect_timeout_s=self._config.timeout_s, idle_timeout_s=self._config.timeout_s
+            ),
+        )
 
     async def aclose(self) -> None:
         if self._owns_client:

@@ -239,6 +239,15 @@ def page_size_of(query: dict[str, str]) -> int:
     return int(raw)
 
 
+def error_response(exc: EmulatorError) -> JSONResponse:
+    """An error in ElevenLabs' shapes (also a refused WebSocket upgrade's answer)."""
+    headers = extra_headers(exc, new_request_id())
+    if isinstance(exc, ValidationFailed):
+        return JSONResponse({"detail": exc.errors}, status_code=422, headers=headers)
+    body = {"detail": {"status": exc.code, "message": exc.message}}
+    return JSONResponse(body, status_code=exc.status, headers=headers)
+
+
 class ElevenLabsApi:
     """Routes bound to one ``EmulatorState``."""
 
@@ -260,11 +269,7 @@ class ElevenLabsApi:
 
     async def render_error(self, request: Request, exc: Exception) -> Response:
         assert isinstance(exc, EmulatorError)
-        headers = extra_headers(exc, new_request_id())
-        if isinstance(exc, ValidationFailed):
-            return JSONResponse({"detail": exc.errors}, status_code=422, headers=headers)
-        body = {"detail": {"status": exc.code, "message": exc.message}}
-        return JSONResponse(body, status_code=exc.status, headers=headers)
+        return error_response(exc)
 
     # -- helpers ------------------------------------------------------------------------
 

@@ -18,7 +18,13 @@ Kinds:
 - ``ERROR_AFTER_WORK``: do the work, then answer ``status`` (5xx) as if it failed: the
   other face of a lost response (a gateway error after the backend acted).
 - ``STREAM_BREAK``: streaming only: send the first audio chunk, then fail (ElevenLabs: the
-  connection drops; Cartesia: an SSE ``error`` event with ``status``).
+  connection drops; Cartesia: an SSE ``error`` event with ``status``). On a live WebSocket
+  (``Op.TTS_LIVE``) of either provider the connection drops without a close handshake.
+
+On a live WebSocket (``Op.TTS_LIVE``, decided once per socket) ``SERVER_ERROR`` and
+``RATE_LIMITED`` refuse the handshake with that HTTP status, ``HANG`` holds the socket's
+first audio frame back ``hang_s`` seconds (a stalled provider), and the standing
+``latency_s`` delays every generation.
 
 Besides one-shot faults there are standing settings: ``latency_s`` added to every request,
 ``error_rate``, the share of requests answered 5xx at random, and ``list_lag_s``: a voice
@@ -46,6 +52,11 @@ class Op(StrEnum):
     SUBSCRIPTION = "subscription"
     TTS = "tts"
     TTS_STREAM = "tts_stream"
+    TTS_LIVE = "tts_live"
+    """A streaming-input WebSocket (ElevenLabs stream-input, Cartesia tts/websocket)."""
+
+
+_STREAMING_OPS = frozenset({Op.TTS_STREAM, Op.TTS_LIVE})
 
 
 class FaultKind(StrEnum):
@@ -165,7 +176,7 @@ class FaultScript:
             for index, fault in enumerate(self._pending):
                 if not fault.matches(provider, op):
                     continue
-                if fault.kind == FaultKind.STREAM_BREAK and op != Op.TTS_STREAM:
+                if fault.kind == FaultKind.STREAM_BREAK and op not in _STREAMING_OPS:
                     continue
                 if fault.times == 1:
                     del self._pending[index]

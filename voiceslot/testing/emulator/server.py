@@ -1,7 +1,9 @@
 """Serving the emulated providers over real HTTP on loopback.
 
 One Starlette app serves both providers under their own prefix, with the providers' real
-paths below it: ``<url>/elevenlabs/v1/voices/add``, ``<url>/cartesia/tts/sse``. Point a
+paths below it: ``<url>/elevenlabs/v1/voices/add``, ``<url>/cartesia/tts/sse``, and the
+streaming-input WebSockets (``ws://<host>/elevenlabs/v1/text-to-speech/<id>/stream-input``,
+``ws://<host>/cartesia/tts/websocket``). Point a
 ``ProviderConfig.base_url`` at ``emulator.elevenlabs_url`` or ``emulator.cartesia_url``.
 
 ``ProviderEmulator`` runs uvicorn in a background thread (its own event loop) on
@@ -27,8 +29,10 @@ from starlette.routing import Mount, Route
 from voiceslot.config import ProviderConfig
 from voiceslot.testing.emulator._common import quiet_dropped_responses
 from voiceslot.testing.emulator.cartesia_api import CartesiaApi
+from voiceslot.testing.emulator.cartesia_ws import CartesiaLive
 from voiceslot.testing.emulator.debug_api import DEBUG_PREFIX, DebugApi
 from voiceslot.testing.emulator.elevenlabs_api import ElevenLabsApi
+from voiceslot.testing.emulator.elevenlabs_ws import ElevenLabsLive
 from voiceslot.testing.emulator.state import (
     CARTESIA,
     DEFAULT_CARTESIA_KEY,
@@ -83,8 +87,15 @@ def create_app(state: EmulatorState) -> Starlette:
     return Starlette(
         routes=[
             Route("/", index, methods=["GET"]),
-            Mount(ELEVENLABS_PREFIX, app=ElevenLabsApi(state).app()),
-            Mount(CARTESIA_PREFIX, app=CartesiaApi(state).app()),
+            # WebSocket routes first; the REST app's router takes everything else.
+            Mount(
+                ELEVENLABS_PREFIX,
+                routes=[*ElevenLabsLive(state).routes(), Mount("", app=ElevenLabsApi(state).app())],
+            ),
+            Mount(
+                CARTESIA_PREFIX,
+                routes=[*CartesiaLive(state).routes(), Mount("", app=CartesiaApi(state).app())],
+            ),
             Mount(DEBUG_PREFIX, app=DebugApi(state).app()),
         ]
     )

@@ -42,6 +42,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from voiceslot.testing.emulator.faults import Decision, FaultScript, Op
+from voiceslot.testing.emulator.live_log import LiveLog
 from voiceslot.testing.emulator.truth import DEFAULT_LABEL_PREFIX, TruthLedger
 
 ProviderKind = Literal["elevenlabs", "cartesia"]
@@ -320,6 +321,8 @@ class EmulatorState:
         self._fenced = 0
         self.truth = TruthLedger(label_prefix=label_prefix)
         """Ground truth for invariant checks; read it through ``truth_snapshot``."""
+        self.live = LiveLog()
+        """Streaming-input (WebSocket) sessions: text received, audio sent, how they ended."""
         for account in self._initial_accounts:
             self.truth.set_capacity(account.provider, account.api_key, account.voice_limit)
         self._init_state()
@@ -336,6 +339,7 @@ class EmulatorState:
         self._requests: list[RequestRecord] = []
         self._request_counts: Counter[tuple[str, Op]] = Counter()
         self.truth.clear()
+        self.live.clear()
         self._stream_gate.set()
         for provider, name, category in _PREMADE:
             self._add_voice(
