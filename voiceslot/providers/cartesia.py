@@ -36,7 +36,7 @@ import httpx
 
 from voiceslot.config import ProviderConfig
 from voiceslot.errors import InvalidArgument
-from voiceslot.providers import cartesia_live, http, live_ws
+from voiceslot.providers import cartesia_live, http, live_ws, timestamps
 from voiceslot.providers.base import (
     Capacity,
     CloneRequest,
@@ -46,6 +46,7 @@ from voiceslot.providers.base import (
     RemoteVoice,
     SpeechOptions,
     SynthesisRequest,
+    WordTime,
 )
 from voiceslot.providers.errors import Fatal, ProviderError, Transient, VoiceNotFound
 from voiceslot.providers.options import OptionRules, check_against, set_options
@@ -214,6 +215,17 @@ def interpret_event(event: http.SseEvent | None, *, provider: str) -> bytes | No
         raise Fatal(f"stream chunk is not base64: {exc}", provider=provider) from exc
 
 
+def event_words(event: http.SseEvent | None) -> list[WordTime]:
+    """Words of a ``timestamps`` event (seconds from the start of the audio); none for
+    any other event."""
+    if event is None:
+        return []
+    payload = http.json_or_none(event.data.encode())
+    if not isinstance(payload, dict) or (payload.get("type") or event.event) != "timestamps":
+        return []
+    return timestamps.cartesia_words(payload)
+
+
 class CartesiaProvider(http.HttpAdapter):
     """A Cartesia account behind ``base.Provider``."""
 
@@ -314,6 +326,9 @@ class CartesiaProvider(http.HttpAdapter):
     async def synthesize_stream(self, request: SynthesisRequest) -> AsyncIterator[PcmAudio]:
         payload = self._tts_payload(request)
         rate = payload["output_format"]["sample_rate"]
+        timed = request.options.word_timings
+        if timed:
+            payload["add_timestamps"] = True
         aligner = http.SampleAligner()
         decoder = http.SseDecoder()
         what = "synthesize_stream"
@@ -328,13 +343,28 @@ class CartesiaProvider(http.HttpAdapter):
                 if response.is_error:
                     await response.aread()
                     raise self._error(response, voice_scoped=True)
+                # With word timings each chunk waits for the ``timestamps`` event that
+                # follows it (or the next event), so its words travel with it.
+                held: PcmAudio | None = None
                 async for line in response.aiter_lines():
-                    audio = interpret_event(decoder.feed(line), provider=self.name)
+                    event = decoder.feed(line)
+                    words = event_words(event) if timed else []
+                    if words and held is not None:
+                        held = PcmAudio(held.pcm16, rate, held.words + tuple(words))
+                        continue
+                    audio = interpret_event(event, provider=self.name)
+                    if held is not None and (audio is None or audio):
+                        yield held
+                        held = None
                     if audio is None:
                         return
                     pcm = aligner.feed(audio)
-                    if pcm:
+                    if pcm and timed:
+                        held = PcmAudio(pcm16=pcm, sample_rate=rate)
+                    elif pcm:
                         yield PcmAudio(pcm16=pcm, sample_rate=rate)
+                if held is not None:
+                    yield held
                 # Servers may omit the blank line after the last event.
                 if interpret_event(decoder.flush(), provider=self.name) is None:
                     return

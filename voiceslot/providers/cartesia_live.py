@@ -37,29 +37,14 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from voiceslot.providers import http
-from voiceslot.providers.base import LiveAudio, PcmAudio, WordTime
+from voiceslot.providers.base import LiveAudio, PcmAudio
 from voiceslot.providers.errors import Fatal, ProviderError
 from voiceslot.providers.live_ws import HandshakeClassifier, LiveLimits, WsLiveSession
+from voiceslot.providers.timestamps import cartesia_words
 
 ROTATE_AFTER_S = 0.5
 """Quiet time after which the next sentence goes to a fresh context (expiry is at 1 s)."""
 CONTEXT_CLOSED = "context_closed"
-
-
-def word_times(payload: Mapping[str, Any], *, origin_s: float) -> list[WordTime]:
-    """Words of a ``timestamps`` frame, shifted by ``origin_s``; malformed entries are
-    skipped rather than trusted."""
-    stamps = payload.get("word_timestamps")
-    if not isinstance(stamps, Mapping):
-        return []
-    words, starts, ends = stamps.get("words"), stamps.get("start"), stamps.get("end")
-    if not (isinstance(words, list) and isinstance(starts, list) and isinstance(ends, list)):
-        return []
-    result = []
-    for word, start, end in zip(words, starts, ends, strict=False):
-        if isinstance(start, int | float) and isinstance(end, int | float):
-            result.append(WordTime(str(word), origin_s + float(start), origin_s + float(end)))
-    return result
 
 
 class CartesiaLiveSession(WsLiveSession):
@@ -146,7 +131,7 @@ class CartesiaLiveSession(WsLiveSession):
         kind = message.get("type")
         out: list[LiveAudio] = []
         if kind == "timestamps" and self._held is not None:
-            words = word_times(message, origin_s=self._origin_s)
+            words = cartesia_words(message, origin_s=self._origin_s)
             held = self._held
             self._held = LiveAudio(
                 PcmAudio(held.pcm.pcm16, held.pcm.sample_rate, held.pcm.words + tuple(words)),

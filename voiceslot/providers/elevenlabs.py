@@ -27,7 +27,7 @@ from urllib.parse import quote
 import httpx
 
 from voiceslot.config import ProviderConfig
-from voiceslot.providers import elevenlabs_live, http, live_ws
+from voiceslot.providers import elevenlabs_live, http, live_ws, timestamps
 from voiceslot.providers.base import (
     Capacity,
     CloneRequest,
@@ -314,6 +314,14 @@ class ElevenLabsProvider(http.HttpAdapter):
 
     async def synthesize_stream(self, request: SynthesisRequest) -> AsyncIterator[PcmAudio]:
         path, params, payload, rate = self._tts_call(request, stream=True)
+        # With word timings: ``/stream/with-timestamps``, JSON lines of base64 audio and
+        # character alignment, decoded into audio with the words each piece completes.
+        decoder = None
+        if request.options.word_timings:
+            path += "/with-timestamps"
+            decoder = timestamps.ElevenLabsTimedStream(
+                request.text, sample_rate=rate, provider=self.name
+            )
         aligner = http.SampleAligner()
         what = "synthesize_stream"
         with http.transport_errors(self.name, what):
@@ -328,10 +336,20 @@ class ElevenLabsProvider(http.HttpAdapter):
                 if response.is_error:
                     await response.aread()
                     raise self._error(response, voice_scoped=True)
-                async for data in response.aiter_bytes():
-                    pcm = aligner.feed(data)
-                    if pcm:
-                        yield PcmAudio(pcm16=pcm, sample_rate=rate)
+                if decoder is None:
+                    async for data in response.aiter_bytes():
+                        pcm = aligner.feed(data)
+                        if pcm:
+                            yield PcmAudio(pcm16=pcm, sample_rate=rate)
+                    return
+                async for line in response.aiter_lines():
+                    body = http.json_or_none(line.encode()) if line.strip() else None
+                    if not isinstance(body, dict):
+                        continue
+                    raw, words = decoder.feed(body)
+                    pcm = aligner.feed(raw)
+                    if pcm or words:
+                        yield PcmAudio(pcm16=pcm, sample_rate=rate, words=tuple(words))
 
     def check_options(self, options: SpeechOptions) -> None:
         check_against(options, OPTION_RULES)

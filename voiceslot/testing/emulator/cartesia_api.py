@@ -3,7 +3,8 @@
 Follows Cartesia's OpenAPI definition and ``providers/README.md``: ``Authorization:
 Bearer`` (``X-API-Key`` accepted too), a required ``Cartesia-Version: YYYY-MM-DD`` header,
 cursor pagination (``limit``, ``starting_after`` → ``has_more``, ``next_page``), and SSE
-text-to-speech whose events are ``chunk``/``done``/``error`` JSON objects. REST errors are
+text-to-speech whose events are ``chunk``/``done``/``error`` JSON objects (plus
+``timestamps`` after each chunk when the request sets ``add_timestamps``). REST errors are
 JSON ``{error_code, title, message, request_id, status_code}``, except authentication and
 rate-limit answers, which are plain text as a gateway sends them: clients must accept both.
 """
@@ -26,7 +27,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 from starlette.routing import Route
 
 from voiceslot.providers.cartesia import EMOTIONS
-from voiceslot.testing.emulator import audio
+from voiceslot.testing.emulator import alignment, audio
 from voiceslot.testing.emulator._common import (
     DroppedResponse,
     Finally,
@@ -376,12 +377,21 @@ class CartesiaApi:
             self.state.end_tts(account)
             raise
         chunk_bytes = int(rate * SSE_CHUNK_SECONDS) * RAW_ENCODINGS[encoding]
-        events = self._events(data, chunk_bytes, decision)
+        words = None
+        if isinstance(body, dict) and body.get("add_timestamps"):
+            words = alignment.word_spans(alignment.char_times(transcript))
+        seconds_per_byte = 1 / (rate * RAW_ENCODINGS[encoding])
+        events = self._events(data, chunk_bytes, decision, words, seconds_per_byte)
         response = StreamingResponse(events, media_type="text/event-stream")
         return Finally(response, lambda: self.state.end_tts(account))
 
     async def _events(
-        self, data: bytes, chunk_bytes: int, decision: Decision
+        self,
+        data: bytes,
+        chunk_bytes: int,
+        decision: Decision,
+        words: list[alignment.WordSpan] | None = None,
+        seconds_per_byte: float = 0.0,
     ) -> AsyncIterator[bytes]:
         for index, start in enumerate(range(0, len(data), chunk_bytes)):
             chunk = data[start : start + chunk_bytes]
@@ -394,6 +404,18 @@ class CartesiaApi:
                     "data": base64.b64encode(chunk).decode(),
                 }
             )
+            if words:  # ``add_timestamps``: the words that start in this chunk, after it
+                begin, end = start * seconds_per_byte, (start + len(chunk)) * seconds_per_byte
+                spoken = [w for w in words if begin <= w.start_s < end]
+                if spoken:
+                    yield sse_event(
+                        {
+                            "type": "timestamps",
+                            "done": False,
+                            "status_code": 206,
+                            "word_timestamps": alignment.cartesia_word_timestamps(spoken),
+                        }
+                    )
             if index == 0:
                 if loses_response(decision):
                     return  # the stream just stops: no more audio, no done event

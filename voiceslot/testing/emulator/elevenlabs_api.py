@@ -9,6 +9,8 @@ Routes stay thin: parse, ask ``EmulatorState``, render.
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from voiceslot.testing.emulator import audio
+from voiceslot.testing.emulator import alignment, audio
 from voiceslot.testing.emulator._common import (
     DroppedResponse,
     Finally,
@@ -48,6 +50,8 @@ DEFAULT_OUTPUT_FORMAT = "mp3_44100_128"
 DEFAULT_MODEL_ID = "eleven_multilingual_v2"
 STREAM_CHUNK_BYTES = 4001
 """Odd on purpose: clients must re-align chunks on whole 16-bit samples."""
+STREAM_CHUNK_SECONDS = 0.2
+"""Audio per line of ``/stream/with-timestamps``."""
 _MEDIA_TYPES = {"raw": "audio/pcm", "mp3": "audio/mpeg", "ogg": "audio/ogg"}
 
 
@@ -248,6 +252,33 @@ def error_response(exc: EmulatorError) -> JSONResponse:
     return JSONResponse(body, status_code=exc.status, headers=headers)
 
 
+def timed_chunks(data: bytes, text: str, fmt: OutputFormat) -> list[bytes]:
+    """``/stream/with-timestamps`` lines: ``StreamingAudioChunkWithTimestampsResponseModel``
+    objects, each with the characters that start in its audio (seconds from the start of
+    the whole answer). Raw encodings are cut every ``STREAM_CHUNK_SECONDS``; other
+    containers go out whole."""
+    chars = alignment.char_times(text)
+    width = {"pcm_s16le": 2, "pcm_mulaw": 1, "pcm_alaw": 1}.get(fmt.encoding)
+    # cuts: (first byte, end byte) of each line's audio; per_byte: seconds per byte
+    if fmt.container != "raw" or width is None:
+        cuts, per_byte = [(0, len(data))], 0.0
+    else:
+        step = int(fmt.sample_rate * STREAM_CHUNK_SECONDS) * width
+        cuts = [(start, min(start + step, len(data))) for start in range(0, len(data), step)]
+        per_byte = 1 / (width * fmt.sample_rate)
+    lines = []
+    for begin, end in cuts:
+        window = (begin * per_byte, end * per_byte) if per_byte else (0.0, float("inf"))
+        aligned = alignment.elevenlabs_http_alignment(alignment.in_window(chars, *window))
+        body = {
+            "audio_base64": base64.b64encode(data[begin:end]).decode(),
+            "alignment": aligned,
+            "normalized_alignment": aligned,
+        }
+        lines.append(json.dumps(body).encode() + b"\n")
+    return lines
+
+
 class ElevenLabsApi:
     """Routes bound to one ``EmulatorState``."""
 
@@ -264,6 +295,11 @@ class ElevenLabsApi:
             Route("/v1/user/subscription", self.subscription, methods=["GET"]),
             Route("/v1/text-to-speech/{voice_id}", self.tts, methods=["POST"]),
             Route("/v1/text-to-speech/{voice_id}/stream", self.tts_stream, methods=["POST"]),
+            Route(
+                "/v1/text-to-speech/{voice_id}/stream/with-timestamps",
+                self.tts_stream_timestamps,
+                methods=["POST"],
+            ),
         ]
         return Starlette(routes=routes, exception_handlers={EmulatorError: self.render_error})
 
@@ -378,7 +414,10 @@ class ElevenLabsApi:
     async def tts_stream(self, request: Request) -> Response:
         return await self._speak(request, stream=True)
 
-    async def _speak(self, request: Request, *, stream: bool) -> Response:
+    async def tts_stream_timestamps(self, request: Request) -> Response:
+        return await self._speak(request, stream=True, timestamps=True)
+
+    async def _speak(self, request: Request, *, stream: bool, timestamps: bool = False) -> Response:
         body = json_or_none(await request.body())
         query = dict(request.query_params)
         op = Op.TTS_STREAM if stream else Op.TTS
@@ -423,13 +462,22 @@ class ElevenLabsApi:
                 return DroppedResponse(media_type)
             return Response(data, media_type=media_type, headers=headers)
         broken = breaks_stream(decision) or loses_response(decision)
-        chunks = self._chunks(data, broken=broken)
+        if timestamps:
+            # JSON objects one a line: base64 audio with the characters it speaks.
+            media_type = "application/json"
+            chunks = self._chunks(timed_chunks(data, text, fmt), broken=broken)
+        else:
+            pieces = [
+                data[start : start + STREAM_CHUNK_BYTES]
+                for start in range(0, len(data), STREAM_CHUNK_BYTES)
+            ]
+            chunks = self._chunks(pieces, broken=broken)
         response = StreamingResponse(chunks, media_type=media_type, headers=headers)
         return Finally(response, lambda: self.state.end_tts(account))
 
-    async def _chunks(self, data: bytes, *, broken: bool) -> AsyncIterator[bytes]:
-        for index, start in enumerate(range(0, len(data), STREAM_CHUNK_BYTES)):
-            yield data[start : start + STREAM_CHUNK_BYTES]
+    async def _chunks(self, pieces: list[bytes], *, broken: bool) -> AsyncIterator[bytes]:
+        for index, piece in enumerate(pieces):
+            yield piece
             if index == 0:
                 if broken:
                     raise ResponseDropped("scripted fault: stream broken after the first chunk")
