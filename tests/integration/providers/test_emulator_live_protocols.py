@@ -10,6 +10,7 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
+import httpx
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
@@ -78,6 +79,26 @@ async def test_elevenlabs_key_in_the_first_message_and_the_chunk_schedule(
         long_text,  # the initial " " only opens the stream
         len(long_text),
     )
+
+
+async def test_live_faults_and_records_through_the_debug_api(emu: ProviderEmulator) -> None:
+    fault = {"kind": "server_error", "op": "tts_live", "provider": "elevenlabs", "status": 503}
+    headers = {"xi-api-key": DEFAULT_ELEVENLABS_KEY}
+    async with httpx.AsyncClient(base_url=emu.debug_url) as debug:
+        assert (await debug.post("/faults", json=fault)).status_code == 200
+        with pytest.raises(InvalidStatus) as refused:
+            async with connect(eleven_url(emu), additional_headers=headers):
+                pass
+        assert refused.value.response.status_code == 503
+        async with connect(eleven_url(emu), additional_headers=headers) as ws:
+            await ws.send(json.dumps({"text": " "}))
+            await ws.send(json.dumps({"text": "Recorded. ", "flush": True}))
+            await ws.send(json.dumps({"text": ""}))
+            _ = [m async for m in frames(ws)]
+        records = (await debug.get("/live", params={"provider": "elevenlabs"})).json()
+    assert [(r["outcome"], r["text"], r["flushes"]) for r in records] == [
+        ("finished", "Recorded. ", 1)
+    ]
 
 
 async def test_elevenlabs_wrong_key_in_the_first_message_closes_1008(

@@ -5,6 +5,8 @@ in-process ``EmulatorState`` to read, so the same accessors are served over HTTP
 
 - ``GET  /_emulator/truth[?events=0]``: ``EmulatorState.truth_snapshot()`` (high-water
   marks per voice id and per account, over-capacity instants, create/delete history);
+- ``GET  /_emulator/live[?provider=]``: every streaming-input session (``EmulatorState.live``:
+  text received, audio frames sent, and how it ended: finished, cancelled, dropped, …);
 - ``POST /_emulator/faults``: inject one ``Fault`` (JSON with its field names);
 - ``POST /_emulator/settings``: standing ``latency_s``, ``list_lag_s``, ``error_rate``
   (+ ``seed``, ``error_status``), ``label_prefix``;
@@ -52,6 +54,7 @@ class DebugApi:
         return Starlette(
             routes=[
                 Route("/truth", self.truth, methods=["GET"]),
+                Route("/live", self.live, methods=["GET"]),
                 Route("/faults", self.inject, methods=["POST"]),
                 Route("/settings", self.settings, methods=["POST"]),
                 Route("/capacity", self.capacity, methods=["POST"]),
@@ -67,6 +70,10 @@ class DebugApi:
     async def truth(self, request: Request) -> Response:
         with_events = request.query_params.get("events", "1") not in ("0", "false")
         return JSONResponse(self.state.truth_snapshot(with_events=with_events))
+
+    async def live(self, request: Request) -> Response:
+        provider = request.query_params.get("provider")
+        return JSONResponse(self.state.live.snapshot(provider))
 
     async def inject(self, request: Request) -> Response:
         body = await request.json()

@@ -100,5 +100,6 @@ class LiveLog:
             self._records.clear()
             self._changed.notify_all()
 
-    def snapshot(self) -> list[dict[str, Any]]:
-        return [asdict(r) for r in self.records()]
+    def snapshot(self, provider: str | None = None) -> list[dict[str, Any]]:
+        """JSON-ready records (what ``GET /_emulator/live`` serves)."""
+        return [asdict(r) for r in self.records(provider)]
