@@ -105,7 +105,9 @@ class Attribution:
         """Every sentence said so far is accounted for."""
         if not self.lengths:
             return True
-        return self.current >= len(self.lengths) - 1 and self.seen >= self.lengths[-1]
+        # Sentences after the current one with nothing to say never bring a character.
+        rest = self.lengths[self.current + 1 :]
+        return self.seen >= self.lengths[self.current] and not any(rest)
 
     def feed(
         self,

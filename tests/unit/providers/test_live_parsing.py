@@ -84,6 +84,18 @@ def test_characters_beyond_what_was_said_stay_with_the_last_sentence() -> None:
     assert attribution.current == 0
 
 
+def test_sentences_with_nothing_to_say_are_not_waited_for() -> None:
+    attribution = Attribution()
+    attribution.add_sentence("Hi.")
+    attribution.add_sentence("  ")
+    attribution.feed(*frame("Hi."), offset_s=0.0)
+    assert attribution.complete
+    attribution.add_sentence("Next.")
+    assert not attribution.complete
+    assert attribution.feed(*frame("Next."), offset_s=0.1)[0] == 2
+    assert attribution.complete
+
+
 def test_visible_length_counts_what_alignment_accounts_for() -> None:
     assert visible_length("  Hello,\tworld. ") == 12
 
