@@ -181,6 +181,19 @@ class AllocatorClient:
             raise _as_domain_error(exc) from None
         return response.voice
 
+    async def list_voices(self, *, page_size: int, page_token: str) -> tuple[list[pb.Voice], str]:
+        """One page of the caller's voices (an admin's: every voice) and the next page's
+        token ("" on the last)."""
+        try:
+            response = await self._stub.ListVoices(
+                pb.ListVoicesRequest(page_size=page_size, page_token=page_token),
+                metadata=self._metadata(),
+                timeout=10,
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise _as_domain_error(exc) from None
+        return list(response.voices), response.next_page_token
+
     async def renew(self, lease_id: str) -> None:
         await self._stub.RenewLease(
             pb.RenewLeaseRequest(lease_id=lease_id), metadata=self._metadata(), timeout=10

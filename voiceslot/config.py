@@ -171,6 +171,23 @@ class AllocatorConfig(BaseModel):
     allocations, add/edit budget) from the database; None: only when ListProviders runs."""
 
 
+class HttpApiConfig(BaseModel):
+    """The OpenAI-compatible HTTP API (``POST /v1/audio/speech``, ``GET /v1/models``,
+    ``GET /v1/audio/voices``) that ``voiceslot serve`` runs beside gRPC, in the same
+    process, with the same keys and rate limits."""
+
+    model_config = _FROZEN
+
+    enabled: bool = False
+    """Serve it on ``host``:``port``; off: only gRPC is served."""
+    host: str = "127.0.0.1"
+    """Address to listen on (0.0.0.0 for every interface)."""
+    port: int = Field(default=8080, ge=0, le=65535)
+    """TCP port; 0 picks a free one."""
+    max_body_bytes: int = Field(default=256 * 1024, ge=1024)
+    """Largest request body; larger is HTTP 413 before it is read further."""
+
+
 class SynthConfig(BaseModel):
     model_config = _FROZEN
 
@@ -195,6 +212,8 @@ class SynthConfig(BaseModel):
     retention_every_s: float = Field(default=3600.0, gt=0)
     """Period of the rendered-audio retention sweep (see storage.retention_days)."""
     default_encoding: Literal["wav", "pcm16", "mp3", "opus", "mulaw", "alaw"] = "wav"
+    http: HttpApiConfig = HttpApiConfig()
+    """The OpenAI-compatible HTTP API."""
 
 
 class Settings(BaseSettings):

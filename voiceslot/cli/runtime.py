@@ -17,6 +17,7 @@ from pathlib import Path
 
 from allocator_svc.app import AllocatorApp, build_allocator
 from synth_svc.app import SynthApp, build_synth
+from synth_svc.openai_api import HttpApiServer, build_app
 from voiceslot import telemetry
 from voiceslot.auth import generate_key
 from voiceslot.config import Settings
@@ -41,12 +42,19 @@ class Runtime:
         self.allocator: AllocatorApp | None = None
         self.synth: SynthApp | None = None
         self.server: RunningServer | None = None
+        self.http: HttpApiServer | None = None
         self.providers: dict = {}
 
     @property
     def port(self) -> int:
         assert self.server is not None
         return self.server.port
+
+    @property
+    def http_port(self) -> int:
+        """The OpenAI-compatible API's port (``synth.http``), once started."""
+        assert self.http is not None, "the HTTP API is off (synth.http.enabled)"
+        return self.http.port
 
     async def start(self, *, only: tuple[str, ...] = SERVICES) -> Runtime:
         settings = self.settings
@@ -89,6 +97,16 @@ class Runtime:
             self.synth.connect(
                 private_target or f"127.0.0.1:{self.server.port}", internal_key=internal_key
             )
+            if settings.synth.http.enabled:
+                # Beside gRPC, on the same synthesizer, keys and rate-limit buckets.
+                app = build_app(
+                    self.synth.synthesizer,
+                    self.server.interceptor.admission,
+                    max_body_bytes=settings.synth.http.max_body_bytes,
+                )
+                self.http = await HttpApiServer(
+                    app, settings.synth.http, reuse_port=self.reuse_port
+                ).start()
         if settings.metrics_port:
             telemetry.serve_metrics(settings.metrics_port)
         if telemetry.TRACING.on:
@@ -110,8 +128,13 @@ class Runtime:
         skipped rather than keeping the process alive past its grace period."""
         grace = self.settings.shutdown_grace_s
         background_grace = min(grace, 10.0)
+        # Both front doors drain at once, each within the grace period.
+        draining = []
+        if self.http is not None:
+            draining.append(_bounded("http", self.http.stop(grace), grace + 5))
         if self.server is not None:
-            await _bounded("drain", self.server.stop(grace), grace + 5)
+            draining.append(_bounded("drain", self.server.stop(grace), grace + 5))
+        await asyncio.gather(*draining)
         if self.synth is not None:
             await _bounded("synth", self.synth.stop(grace_s=background_grace), background_grace + 5)
         if self.allocator is not None:

@@ -122,7 +122,11 @@ def request_id_from(metadata: Iterable[tuple[str, Any]]) -> str:
     return uuid.uuid4().hex
 
 
-class ServerInterceptor(grpc.aio.ServerInterceptor):
+class Admission:
+    """Who may call, and how often: the key table and the per-caller token buckets. One
+    per process, shared by every front door (this interceptor, the OpenAI-compatible
+    HTTP API), so a caller has one rate budget whichever protocol it speaks."""
+
     def __init__(self, *, keys: KeyTable, rate_per_second: float, burst: int) -> None:
         self._keys = keys
         # Per-caller buckets in this process, keyed by user (callers are the configured
@@ -131,6 +135,59 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         # than the rest of this interceptor together — on the hot path of every RPC.
         self._bucket = TokenBucket(rate_per_s=rate_per_second, burst=burst)
         self._buckets: dict[str, Bucket] = {}
+
+    def authenticate(self, credential: str | None) -> Principal:
+        """The caller behind ``credential``; ``Unauthenticated`` when there is none or
+        it is not a known key."""
+        if credential is None:
+            raise errors.Unauthenticated(
+                "missing credentials: send 'authorization: Bearer <key>' or 'x-api-key'"
+            )
+        principal = self._keys.resolve(credential)
+        if principal is None:
+            raise errors.Unauthenticated("unknown credentials")
+        return principal
+
+    def take_token(self, user: str) -> None:
+        """Spend one of ``user``'s calls; ``QuotaExceeded`` (with when to retry) when the
+        bucket is empty."""
+        now = datetime.now(UTC)
+        bucket = self._buckets.get(user, Bucket(self._bucket.burst, None))
+        if self._bucket.available(bucket, now) < 1:
+            raise errors.QuotaExceeded(
+                "rate limit exceeded",
+                violations=(
+                    errors.QuotaViolation(
+                        f"user:{user}",
+                        f"{self._bucket.rate_per_s:g} calls/s, bursts of {self._bucket.burst:g}",
+                    ),
+                ),
+                retry_after=self._bucket.wait_s(bucket, now),
+            )
+        self._buckets[user] = self._bucket.spend(bucket, 1, now)
+
+
+def bind_caller(principal: Principal, credential: str, request_id: str) -> None:
+    """Make ``principal`` the current task's caller (``current_principal``,
+    ``current_credential``, the log context): what every admitted call runs under."""
+    _request_id.set(request_id)
+    _principal.set(principal)
+    _credential.set(credential)
+    bind_context(request_id=request_id, user=principal.user)
+
+
+class ServerInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(
+        self,
+        *,
+        keys: KeyTable,
+        rate_per_second: float,
+        burst: int,
+        admission: Admission | None = None,
+    ) -> None:
+        self.admission = admission or Admission(
+            keys=keys, rate_per_second=rate_per_second, burst=burst
+        )
         self.draining = False
         self._inflight = 0
         self._idle = asyncio.Event()
@@ -156,22 +213,6 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         self._inflight -= 1
         if self._inflight == 0:
             self._idle.set()
-
-    def _take_token(self, user: str) -> None:
-        now = datetime.now(UTC)
-        bucket = self._buckets.get(user, Bucket(self._bucket.burst, None))
-        if self._bucket.available(bucket, now) < 1:
-            raise errors.QuotaExceeded(
-                "rate limit exceeded",
-                violations=(
-                    errors.QuotaViolation(
-                        f"user:{user}",
-                        f"{self._bucket.rate_per_s:g} calls/s, bursts of {self._bucket.burst:g}",
-                    ),
-                ),
-                retry_after=self._bucket.wait_s(bucket, now),
-            )
-        self._buckets[user] = self._bucket.spend(bucket, 1, now)
 
     async def intercept_service(
         self,
@@ -203,19 +244,12 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         if self.draining:
             raise errors.Unavailable("server is shutting down; retry", retry_after=1.0)
         credential = credential_from(metadata)
-        if credential is None:
-            raise errors.Unauthenticated(
-                "missing credentials: send 'authorization: Bearer <key>' or 'x-api-key'"
-            )
-        principal = self._keys.resolve(credential)
-        if principal is None:
-            raise errors.Unauthenticated("unknown credentials")
+        principal = self.admission.authenticate(credential)
+        assert credential is not None  # authenticate refused a missing one
         if method in ADMIN_METHODS and not principal.is_admin:
             raise errors.PermissionDenied(f"{method.rsplit('/', 1)[-1]} is admin only")
-        self._take_token(principal.user)
-        _principal.set(principal)
-        _credential.set(credential)
-        bind_context(request_id=request_id, user=principal.user)
+        self.admission.take_token(principal.user)
+        bind_caller(principal, credential, request_id)
         return principal
 
     def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:

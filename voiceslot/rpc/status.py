@@ -55,6 +55,49 @@ def grpc_code(exc: Exception) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
+# The HTTP status of each gRPC code, as google.rpc.Code documents the pair, for answers
+# over HTTP (the OpenAI-compatible API): the domain error picks the gRPC code above, this
+# only translates it, so both protocols say the same thing of the same error.
+_HTTP_STATUS = {
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.FAILED_PRECONDITION: 400,
+    grpc.StatusCode.OUT_OF_RANGE: 400,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.ALREADY_EXISTS: 409,
+    grpc.StatusCode.ABORTED: 409,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.CANCELLED: 499,
+    grpc.StatusCode.UNIMPLEMENTED: 501,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+}
+
+
+def http_status(exc: Exception) -> int:
+    """The HTTP status for ``exc``: its gRPC code's (``grpc_code``), except that an
+    oversized payload is 413, which HTTP has a status of its own for."""
+    if isinstance(exc, e.PayloadTooLarge):
+        return 413
+    return _HTTP_STATUS.get(grpc_code(exc), 500)
+
+
+def public_message(exc: Exception) -> str:
+    """What a caller is told of ``exc``, bounded: the domain's own words, or a generic
+    "internal error" for a bug (the details go to the log)."""
+    if grpc_code(exc) == grpc.StatusCode.INTERNAL:
+        return "internal error"
+    return clip(exc.message if isinstance(exc, e.VoiceslotError) else str(exc), MESSAGE_BYTES)
+
+
+def retry_after_s(exc: Exception) -> float | None:
+    """When a retry may succeed, for the errors that say so."""
+    if isinstance(exc, (e.QuotaExceeded, e.Unavailable, ProviderError)):
+        return getattr(exc, "retry_after", None)
+    return None
+
+
 MESSAGE_BYTES = 1024
 """Most UTF-8 bytes of a status message (grpc-message percent-encodes non-ASCII: ≤ 3x)."""
 DETAIL_BYTES = 512
@@ -129,8 +172,8 @@ def details_for(exc: Exception) -> list[any_pb2.Any]:
                 )
             )
         )
-    retry_after = getattr(exc, "retry_after", None)
-    if retry_after is not None and isinstance(exc, (e.QuotaExceeded, e.Unavailable, ProviderError)):
+    retry_after = retry_after_s(exc)
+    if retry_after is not None:
         details.append(_retry_info(retry_after))
     return details
 
@@ -147,15 +190,9 @@ def to_rpc_status(exc: Exception, *, trailing: tuple[tuple[str, str], ...] = ())
     from grpc_status import rpc_status
 
     code = grpc_code(exc)
-    if code == grpc.StatusCode.INTERNAL:
-        message = "internal error"
-    elif isinstance(exc, e.VoiceslotError):
-        message = exc.message
-    else:
-        message = str(exc)
     proto = status_pb2.Status(
         code=getattr(code_pb2, code.name),
-        message=clip(message, MESSAGE_BYTES),
+        message=public_message(exc),
         details=details_for(exc),
     )
     status = rpc_status.to_status(proto)
