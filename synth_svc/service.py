@@ -25,7 +25,14 @@ from voiceslot.audio import StreamEncoder, encode, min_bytes_per_second, support
 from voiceslot.config import SynthConfig
 from voiceslot.ids import require_id
 from voiceslot.logs import get_logger
-from voiceslot.providers.base import PcmAudio, Provider, SpeechOptions, SynthesisRequest
+from voiceslot.providers.base import (
+    PcmAudio,
+    Provider,
+    SpeechOptions,
+    SynthesisRequest,
+    WordTime,
+)
+from voiceslot.providers.live import shifted
 from voiceslot.providers.options import check_finite
 from voiceslot.text import pieces_to_speak, validate_text
 from voiceslot.validation import language_tag
@@ -56,6 +63,8 @@ class AudioChunk:
     sequence: int
     sentence_index: int
     format: OutputFormat
+    words: tuple[WordTime, ...] = ()
+    """Words whose timing came with this chunk, from the start of the call's audio."""
 
 
 class Synthesizer:
@@ -83,7 +92,8 @@ class Synthesizer:
         text = validate_text(request.text, max_chars=self.config.max_text_chars)
         return pieces_to_speak(text, max_chars=SENTENCE_MAX_CHARS)
 
-    def _engine(self, active: ActiveVoice) -> Provider:
+    def engine(self, active: ActiveVoice) -> Provider:
+        """The engine of the voice's provider (also a live turn's, ``synth_svc.live``)."""
         try:
             return self.providers[active.provider]
         except KeyError:
@@ -96,7 +106,7 @@ class Synthesizer:
     ) -> AsyncIterator[tuple[int, PcmAudio]]:
         """The engine's audio, sentence by sentence, in order. Both the streaming and the
         unary call consume this one generator, so they produce the same samples."""
-        engine = self._engine(active)
+        engine = self.engine(active)
         engine.check_options(request.options)  # before any engine work
         language = request.language or active.language
         for index, sentence in enumerate(sentences):
@@ -128,37 +138,29 @@ class Synthesizer:
         sentences = self.prepare(request)
         started = time.perf_counter()
         async with self.allocator.leased(request.voice_id, deadline=deadline) as active:
-            encoder: StreamEncoder | None = None
+            encoder = ChunkEncoder(request.format)
             try:
-                fmt = request.format
-                sequence = samples = rate = 0
+                sequence = 0
+                current, sentence_start_s = -1, 0.0
                 async for index, pcm in self._pcm(active, sentences, request):
-                    if encoder is None:
-                        rate = pcm.sample_rate
-                        fmt = fmt.resolved(rate)
-                        encoder = StreamEncoder(
-                            fmt.encoding, input_rate=rate, output_rate=fmt.sample_rate
-                        )
-                        fmt = OutputFormat(fmt.encoding, encoder.sample_rate)
-                        data = await _run(fmt, _start_and_feed, encoder, pcm)
+                    if index != current:  # engine word times run from the sentence's start
+                        current, sentence_start_s = index, encoder.audio_s
+                    first = not encoder.started
+                    data = await encoder.feed(pcm)
+                    if first:
                         telemetry.SYNTH_FIRST_CHUNK_SECONDS.labels(active.provider).observe(
                             time.perf_counter() - started
                         )
-                    else:
-                        if pcm.sample_rate != rate:
-                            raise errors.Unavailable("the engine changed sample rate mid-utterance")
-                        data = await _run(fmt, encoder.feed, pcm)
-                    samples += len(pcm.pcm16) // 2
-                    if data:
-                        yield AudioChunk(data, sequence, index, fmt)
+                    words = shifted(pcm.words, sentence_start_s)
+                    if data or words:
+                        yield AudioChunk(data, sequence, index, encoder.format, words)
                         sequence += 1
-                assert encoder is not None  # _pcm raised if there was no audio at all
-                if tail := await _run(fmt, encoder.finish):
-                    yield AudioChunk(tail, sequence, len(sentences) - 1, fmt)
+                assert encoder.started  # _pcm raised if there was no audio at all
+                if tail := await encoder.finish():
+                    yield AudioChunk(tail, sequence, len(sentences) - 1, encoder.format)
             finally:
-                if encoder is not None:
-                    encoder.close()
-            self._observe(active.provider, "stream", started, samples / rate)
+                encoder.close()
+            self._observe(active.provider, "stream", started, encoder.audio_s)
 
     async def synthesize(
         self, request: SpeechRequest, *, deadline: float, max_bytes: int | None = None
@@ -235,3 +237,52 @@ async def _run(fmt: OutputFormat, fn: Callable[..., T], *args: Any, **kwargs: An
 
 def _start_and_feed(encoder: StreamEncoder, pcm: PcmAudio) -> bytes:
     return encoder.start() + encoder.feed(pcm)
+
+
+class ChunkEncoder:
+    """The encoding of one streamed call (``SynthesizeStream``, a live turn): one
+    container for all of its audio, opened at the first audio, whose rate resolves a
+    requested rate of 0. ``close()`` on every way out (for MP3/Opus a codec with a pipe
+    and a reader thread)."""
+
+    def __init__(self, requested: OutputFormat) -> None:
+        self.format = requested
+        """As requested until the first audio; then the format actually written."""
+        self._encoder: StreamEncoder | None = None
+        self._rate = 0
+        self._samples = 0
+
+    @property
+    def started(self) -> bool:
+        return self._encoder is not None
+
+    @property
+    def audio_s(self) -> float:
+        """Seconds of audio fed so far."""
+        return self._samples / self._rate if self._rate else 0.0
+
+    async def feed(self, pcm: PcmAudio) -> bytes:
+        """The encoded bytes of ``pcm`` (the container's header first, on the first call)."""
+        if self._encoder is None:
+            self._rate = pcm.sample_rate
+            fmt = self.format.resolved(self._rate)
+            self._encoder = StreamEncoder(
+                fmt.encoding, input_rate=self._rate, output_rate=fmt.sample_rate
+            )
+            self.format = OutputFormat(fmt.encoding, self._encoder.sample_rate)
+            data = await _run(self.format, _start_and_feed, self._encoder, pcm)
+        else:
+            if pcm.sample_rate != self._rate:
+                raise errors.Unavailable("the engine changed sample rate mid-utterance")
+            data = await _run(self.format, self._encoder.feed, pcm)
+        self._samples += len(pcm.pcm16) // 2
+        return data
+
+    async def finish(self) -> bytes:
+        """The container's last bytes; only after audio was fed."""
+        assert self._encoder is not None
+        return await _run(self.format, self._encoder.finish)
+
+    def close(self) -> None:
+        if self._encoder is not None:
+            self._encoder.close()

@@ -10,10 +10,14 @@ import grpc
 from synth_svc.batch import BatchJobs
 from synth_svc.domain.batch import ItemState, JobState
 from synth_svc.domain.formats import OutputFormat, requested_format
+from synth_svc.domain.live import End, Flush, LiveChunk, LiveEvent, Start, Text
 from synth_svc.domain.timing import wait_budget_s
+from synth_svc.live import speak_live
 from synth_svc.options import speech_options_from_proto
 from synth_svc.repository import Item, Job
 from synth_svc.service import SpeechRequest, Synthesizer
+from voiceslot import errors
+from voiceslot.providers.base import WordTime
 from voiceslot.rpc.convert import duration, timestamp
 from voiceslot.rpc.interceptors import current_principal
 from voiceslot.rpc.server import MAX_MESSAGE_BYTES
@@ -55,6 +59,24 @@ def deadline_of(context: grpc.aio.ServicerContext) -> float:
     own deadline, so a voice still queued then is answered RESOURCE_EXHAUSTED with
     RetryInfo that the caller actually receives (see ``wait_budget_s``)."""
     return time.monotonic() + wait_budget_s(context.time_remaining(), default_s=DEFAULT_WAIT_S)
+
+
+def word_timings_pb(words: tuple[WordTime, ...]) -> list[pb.WordTiming]:
+    return [
+        pb.WordTiming(word=w.word, start=duration(w.start_s), end=duration(w.end_s)) for w in words
+    ]
+
+
+def live_chunk_pb(chunk: LiveChunk) -> pb.SynthesizeLiveResponse:
+    message = pb.SynthesizeLiveResponse(
+        audio_chunk=chunk.data,
+        sequence=chunk.sequence,
+        span=pb.TextSpan(start=chunk.span.start, end=chunk.span.end, text=chunk.span.text),
+        word_timings=word_timings_pb(chunk.words),
+    )
+    if chunk.sequence == 0:
+        message.format.CopyFrom(format_pb(chunk.format))
+    return message
 
 
 _JOB_STATE_TO_PB = {s: getattr(pb, f"BATCH_JOB_STATE_{s.name}") for s in JobState}
@@ -128,11 +150,52 @@ class SynthesizerServicer(pb_grpc.SynthesizerServiceServicer):
             self._speech(request), deadline=deadline_of(context)
         ):
             message = pb.SynthesizeStreamResponse(
-                audio_chunk=chunk.data, sequence=chunk.sequence, sentence_index=chunk.sentence_index
+                audio_chunk=chunk.data,
+                sequence=chunk.sequence,
+                sentence_index=chunk.sentence_index,
+                word_timings=word_timings_pb(chunk.words),
             )
             if chunk.sequence == 0:
                 message.format.CopyFrom(format_pb(chunk.format))
             yield message
+
+    async def SynthesizeLive(
+        self,
+        request_iterator: AsyncIterator[pb.SynthesizeLiveRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[pb.SynthesizeLiveResponse]:
+        # Rate limiting: the interceptor takes one token per call, like every RPC; the
+        # messages within a turn are bounded by synth.live.max_fragments_per_s instead.
+        async for chunk in speak_live(
+            self.synthesizer, self._live_events(request_iterator), deadline=deadline_of(context)
+        ):
+            yield live_chunk_pb(chunk)
+
+    async def _live_events(
+        self, requests: AsyncIterator[pb.SynthesizeLiveRequest]
+    ) -> AsyncIterator[LiveEvent]:
+        async for message in requests:
+            kind = message.WhichOneof("kind")
+            if kind == "text":
+                yield Text(message.text)
+            elif kind == "flush":
+                yield Flush()
+            elif kind == "end":
+                yield End()
+            elif kind == "start":
+                start = message.start
+                yield Start(
+                    voice_id=start.voice_id,
+                    format=format_from_pb(
+                        start.format, default_encoding=self.synthesizer.config.default_encoding
+                    ),
+                    language=start.language,
+                    options=speech_options_from_proto(start.options),
+                )
+            else:
+                raise errors.InvalidArgument(
+                    "kind", "a message sets none of start, text, flush and end"
+                )
 
     async def CreateBatchJob(
         self, request: pb.CreateBatchJobRequest, context: grpc.aio.ServicerContext

@@ -171,6 +171,32 @@ class AllocatorConfig(BaseModel):
     allocations, add/edit budget) from the database; None: only when ListProviders runs."""
 
 
+class LiveConfig(BaseModel):
+    """Bounds of a live turn (``SynthesizeLive``): each exceeded ends the call with a status
+    naming the setting (``synth.live.<name>``), so a client that stalls or floods never
+    holds a voice and an engine indefinitely."""
+
+    model_config = _FROZEN
+
+    max_fragment_chars: int = Field(default=2000, ge=1)
+    """Longest text fragment one message may carry; longer is INVALID_ARGUMENT."""
+    max_buffered_chars: int = Field(default=5000, ge=1)
+    """Text received whose audio has not started yet (waiting for its sentence to end, or
+    for the engine); more is RESOURCE_EXHAUSTED. The same amount one Synthesize call may
+    hand over at once (``max_text_chars``' default)."""
+    max_fragments_per_s: float = Field(default=100.0, gt=0)
+    """Messages per second a turn may send, in bursts of as many; faster is
+    RESOURCE_EXHAUSTED (an LLM streams tens of tokens a second)."""
+    idle_flush_s: float = Field(default=1.5, gt=0)
+    """After this long without a message, what is buffered is spoken even mid-sentence
+    (an LLM that paused should not leave its listener in silence)."""
+    idle_end_s: float = Field(default=30.0, gt=0)
+    """After this long without a message (the first, ``start``, included), the turn ends:
+    what was received is spoken, then DEADLINE_EXCEEDED."""
+    max_turn_s: float = Field(default=600.0, gt=0)
+    """Longest a turn may last from its start; longer is DEADLINE_EXCEEDED at once."""
+
+
 class HttpApiConfig(BaseModel):
     """The OpenAI-compatible HTTP API (``POST /v1/audio/speech``, ``GET /v1/models``,
     ``GET /v1/audio/voices``) that ``voiceslot serve`` runs beside gRPC, in the same
@@ -212,6 +238,8 @@ class SynthConfig(BaseModel):
     retention_every_s: float = Field(default=3600.0, gt=0)
     """Period of the rendered-audio retention sweep (see storage.retention_days)."""
     default_encoding: Literal["wav", "pcm16", "mp3", "opus", "mulaw", "alaw"] = "wav"
+    live: LiveConfig = LiveConfig()
+    """Bounds of live turns (``SynthesizeLive``)."""
     http: HttpApiConfig = HttpApiConfig()
     """The OpenAI-compatible HTTP API."""
 

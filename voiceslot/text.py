@@ -181,11 +181,30 @@ def _join_unspoken(pieces: list[str], max_chars: int) -> list[str]:
     return joined
 
 
+def sentence_ends(text: str) -> Iterator[re.Match[str]]:
+    """Where the sentences of ``text`` end (each match covers the end punctuation and any
+    closing quotes or brackets), abbreviations and decimals excluded. The one rule both
+    ``split_sentences`` and the incremental cutter (``voiceslot.text_stream``) cut by."""
+    for match in _SENTENCE_END.finditer(text):
+        if not _is_abbreviation(text, match):
+            yield match
+
+
+def fit_piece(text: str, *, max_chars: int) -> list[str]:
+    """One sentence ``text`` as ``split_sentences`` gives it to an engine: stripped, in
+    pieces of at most ``max_chars`` cut at clauses, then words, then characters. Each
+    piece is a substring of ``text``."""
+    return _fit(text, max_chars, _SPLITTERS)
+
+
+def speaks(piece: str) -> bool:
+    """Whether ``piece`` has anything to say: a letter or a digit in any script."""
+    return _speaks(piece)
+
+
 def _sentences(text: str) -> Iterator[str]:
     start = 0
-    for match in _SENTENCE_END.finditer(text):
-        if _is_abbreviation(text, match):
-            continue
+    for match in sentence_ends(text):
         yield text[start : match.end()]
         start = match.end()
     yield text[start:]

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import codecs
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -15,6 +16,7 @@ from voiceslot.config import Settings
 from voiceslot.credentials import read_local_key
 from voiceslot.v1 import allocator_pb2 as apb
 from voiceslot.v1 import allocator_pb2_grpc, synthesizer_pb2_grpc
+from voiceslot.v1 import synthesizer_pb2 as spb
 
 UPLOAD_CHUNK = 256 * 1024
 """Bytes of sample per RegisterVoice message (well under gRPC's 4 MiB message cap)."""
@@ -27,6 +29,32 @@ def register_requests(
     yield apb.RegisterVoiceRequest(metadata=metadata)
     for i in range(0, len(sample), chunk):
         yield apb.RegisterVoiceRequest(sample_chunk=sample[i : i + chunk])
+
+
+def live_requests(
+    start: spb.LiveStart, fragments: Iterable[str]
+) -> Iterator[spb.SynthesizeLiveRequest]:
+    """The SynthesizeLive client stream: ``start``, each fragment as it comes, ``end``."""
+    yield spb.SynthesizeLiveRequest(start=start)
+    for fragment in fragments:
+        if fragment:
+            yield spb.SynthesizeLiveRequest(text=fragment)
+    yield spb.SynthesizeLiveRequest(end=spb.LiveEnd())
+
+
+READ_CHUNK = 4096
+
+
+def arriving_text(fd: int, *, chunk: int = READ_CHUNK) -> Iterator[str]:
+    """Text from ``fd`` as it arrives: each read returns what is there now (a line from a
+    terminal, whatever a pipe holds), not waiting for the end; ends at EOF. UTF-8 split
+    across reads is joined; invalid bytes become U+FFFD."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    while data := os.read(fd, chunk):
+        if text := decoder.decode(data):
+            yield text
+    if rest := decoder.decode(b"", final=True):
+        yield rest
 
 
 @dataclass(frozen=True)

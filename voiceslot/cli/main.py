@@ -6,6 +6,7 @@ Every command prints for people by default and JSON with ``--json``.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import sys
@@ -15,7 +16,7 @@ from pathlib import Path
 import click
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
 
-from voiceslot.cli.client import stubs
+from voiceslot.cli.client import arriving_text, live_requests, stubs
 from voiceslot.cli.jobs import jobs
 from voiceslot.cli.output import (
     Ctx,
@@ -152,15 +153,22 @@ def serve(
 @click.option(
     "--out",
     "-o",
-    type=click.Path(path_type=Path, dir_okay=False),
+    type=click.Path(path_type=Path, dir_okay=False, allow_dash=True),
     required=True,
-    help="Audio file to write.",
+    help="Audio file to write (written whole at the end); '-': standard output, as it comes.",
 )
 @audio_format_options
 @click.option("--language", default="", help="Language (default: the voice's).")
 @click.option("--seed", default=0, help="Seed for repeatable output (0: random).")
 @click.option("--timeout", default=600.0, show_default=True)
-@click.argument("text")
+@click.option(
+    "--stdin",
+    "from_stdin",
+    is_flag=True,
+    help="Speak standard input as it arrives (pipe an LLM into it), sentence by sentence "
+    "through SynthesizeLive; EOF ends it.",
+)
+@click.argument("text", required=False)
 @click.pass_obj
 def say(
     obj: Ctx,
@@ -171,20 +179,18 @@ def say(
     language: str,
     seed: int,
     timeout: float,
-    text: str,
+    from_stdin: bool,
+    text: str | None,
 ) -> None:
-    """Speak TEXT in a voice, streamed into an audio file."""
-    request = spb.SynthesizeStreamRequest(
-        voice_id=voice_id,
-        text=text,
-        language=language,
-        seed=seed,
-        format=audio_format(encoding, rate),
-    )
+    """Speak TEXT (or, with --stdin, standard input as it arrives) in a voice, streamed
+    into an audio file."""
+    if from_stdin == (text is not None):
+        raise click.UsageError("give TEXT or --stdin, one of them")
+    to_stdout = str(out) == "-"
     started = time.perf_counter()
     first_chunk_s = None
     written = 0
-    tmp = out.with_name(f".{out.name}.part")
+    tmp = Path(os.devnull) if to_stdout else out.with_name(f".{out.name}.part")
     fmt = None
     progress = Progress(
         TextColumn("[bold]speaking"),
@@ -197,17 +203,48 @@ def say(
     )
     try:
         with stubs(obj.connection()) as (_, synth, md), open(tmp, "wb") as f, progress:
+            sink = sys.stdout.buffer if to_stdout else f
             task = progress.add_task("audio", total=None)
-            for chunk in synth.SynthesizeStream(request, metadata=md, timeout=timeout):
+            chunks = (
+                synth.SynthesizeLive(
+                    live_requests(
+                        spb.LiveStart(
+                            voice_id=voice_id,
+                            format=audio_format(encoding, rate),
+                            language=language,
+                        ),
+                        arriving_text(sys.stdin.fileno()),
+                    ),
+                    metadata=md,
+                    timeout=timeout,
+                )
+                if from_stdin
+                else synth.SynthesizeStream(
+                    spb.SynthesizeStreamRequest(
+                        voice_id=voice_id,
+                        text=text,
+                        language=language,
+                        seed=seed,
+                        format=audio_format(encoding, rate),
+                    ),
+                    metadata=md,
+                    timeout=timeout,
+                )
+            )
+            for chunk in chunks:
                 if first_chunk_s is None:
                     first_chunk_s = time.perf_counter() - started
                     fmt = chunk.format
-                f.write(chunk.audio_chunk)
+                sink.write(chunk.audio_chunk)
+                if to_stdout:
+                    sink.flush()  # a player reading the pipe hears it now
                 written += len(chunk.audio_chunk)
                 progress.update(task, advance=len(chunk.audio_chunk))
-        tmp.replace(out)
+        if not to_stdout:
+            tmp.replace(out)
     finally:
-        tmp.unlink(missing_ok=True)
+        if not to_stdout:
+            tmp.unlink(missing_ok=True)
     result = {
         "file": str(out),
         "bytes": written,
@@ -216,7 +253,14 @@ def say(
         "first_chunk_ms": round((first_chunk_s or 0) * 1000, 1),
         "total_ms": round((time.perf_counter() - started) * 1000, 1),
     }
-    if obj.json:
+    if to_stdout and obj.json:  # standard output carries the audio: the summary goes to stderr
+        click.echo(json.dumps(result, sort_keys=True), err=True)
+    elif to_stdout:
+        err_console.print(
+            f"wrote {written} bytes ({result['sample_rate_hz']} Hz) — first audio after "
+            f"{result['first_chunk_ms']:.0f} ms, done in {result['total_ms']:.0f} ms"
+        )
+    elif obj.json:
         emit_json(result)
     else:
         console.print(
