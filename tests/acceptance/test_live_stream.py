@@ -327,3 +327,45 @@ async def test_bounds_end_the_turn_with_their_status(serve) -> None:
 
     await asyncio.sleep(0)
     assert await active_leases(channel, voice_id) == 0
+
+
+def assert_timed(words: list[spb.WordTiming], text: str, audio_s: float) -> None:
+    """Every word of ``text`` in order, on one clock from the call's audio start: never
+    going back (the second sentence's words after the first's) and within the audio."""
+    assert [w.word for w in words] == text.split()
+    times = [(w.start.ToNanoseconds() / 1e9, w.end.ToNanoseconds() / 1e9) for w in words]
+    assert all(start < end for start, end in times)
+    assert all(a[1] <= b[0] + 1e-3 for a, b in zip(times, times[1:], strict=False))
+    assert times[-1][1] <= audio_s + 1e-3
+
+
+def wav_seconds(messages: list[Any]) -> float:
+    audio, rate = sf.read(io.BytesIO(b"".join(m.audio_chunk for m in messages)), dtype="int16")
+    return audio.size / rate
+
+
+@pytest.mark.parametrize("engine", [ELEVENLABS, CARTESIA])
+async def test_word_timings_in_both_streaming_calls(serve, engine: str) -> None:
+    channel, voice_id = await serve(engine, idle_flush_s=WAIT_S)
+    timed = spb.SpeechOptions(word_timings=True)
+    whole = " ".join(SENTENCES)
+    stub = synthesizer_pb2_grpc.SynthesizerServiceStub(channel)
+    stream = [
+        m
+        async for m in stub.SynthesizeStream(
+            spb.SynthesizeStreamRequest(voice_id=voice_id, text=whole, format=WAV, options=timed),
+            metadata=auth(ALICE_KEY),
+            timeout=WAIT_S,
+        )
+    ]
+    assert_timed([w for m in stream for w in m.word_timings], whole, wav_seconds(stream))
+
+    call = live_call(channel)
+    await call.write(start(voice_id, options=timed))
+    for fragment in FIRST_FRAGMENTS + REST_FRAGMENTS:
+        await call.write(text(fragment))
+    await call.write(END)
+    live = await read_rest(call)
+    assert_timed([w for m in live for w in m.word_timings], TURN_TEXT, wav_seconds(live))
+    for m in live:  # each word comes with the span that says it
+        assert all(w.word in m.span.text.split() for w in m.word_timings)
