@@ -382,8 +382,8 @@ class CartesiaProvider(http.HttpAdapter):
             )
 
     def open_live(self, request: LiveRequest) -> LiveSession:
-        """A ``/tts/websocket`` session on one context (``cartesia_live``); it connects on
-        its first ``say``."""
+        """A ``/tts/websocket`` session on one context (``cartesia_live``), already
+        connecting (a failure to connect is raised by its first ``say``)."""
         fmt = output_format(request.sample_rate_hz)
         template: dict[str, Any] = {
             "model_id": self._model_id,
@@ -403,7 +403,7 @@ class CartesiaProvider(http.HttpAdapter):
         def stream_error(event: Mapping[str, Any]) -> ProviderError:
             return classify_stream_error(event, provider=self.name)
 
-        return cartesia_live.CartesiaLiveSession(
+        session = cartesia_live.CartesiaLiveSession(
             provider=self.name,
             url=f"{live_ws.http_to_ws(self._base_url)}/tts/websocket?{query}",
             template=template,
@@ -415,6 +415,8 @@ class CartesiaProvider(http.HttpAdapter):
                 connect_timeout_s=self._config.timeout_s, idle_timeout_s=self._config.timeout_s
             ),
         )
+        session.preconnect()  # the handshake overlaps the first sentence's writing
+        return session
 
     async def aclose(self) -> None:
         if self._owns_client:

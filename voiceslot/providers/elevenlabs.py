@@ -355,8 +355,8 @@ class ElevenLabsProvider(http.HttpAdapter):
         check_against(options, OPTION_RULES)
 
     def open_live(self, request: LiveRequest) -> LiveSession:
-        """A ``stream-input`` WebSocket session (``elevenlabs_live``); it connects on its
-        first ``say``."""
+        """A ``stream-input`` WebSocket session (``elevenlabs_live``), already connecting
+        (a failure to connect is raised by its first ``say``)."""
         output_format, rate = output_format_for(request.sample_rate_hz)
         language = None
         if supports_language_code(self._model_id) and request.language:
@@ -374,7 +374,7 @@ class ElevenLabsProvider(http.HttpAdapter):
                 status, body, provider=self.name, retry_after=retry_after, voice_scoped=True
             )
 
-        return elevenlabs_live.ElevenLabsLiveSession(
+        session = elevenlabs_live.ElevenLabsLiveSession(
             provider=self.name,
             url=url,
             api_key=self._headers["xi-api-key"],
@@ -386,6 +386,8 @@ class ElevenLabsProvider(http.HttpAdapter):
                 connect_timeout_s=self._config.timeout_s, idle_timeout_s=self._config.timeout_s
             ),
         )
+        session.preconnect()  # the handshake overlaps the first sentence's writing
+        return session
 
     async def aclose(self) -> None:
         if self._owns_client:

@@ -139,6 +139,8 @@ class WsLiveSession(ABC):
         self._ended = False
         self._closed = False
         self._failure: ProviderError | None = None
+        self._connecting: asyncio.Task[None] | None = None
+        self._connect_error: ProviderError | None = None
 
     # -- protocol, per provider ---------------------------------------------------------
 
@@ -167,12 +169,32 @@ class WsLiveSession(ABC):
     def _owed(self) -> bool:
         """Whether audio is still owed for what was said (or the end is awaited)."""
 
+    def preconnect(self) -> None:
+        """Start connecting now, in the background, so the handshake (TCP, TLS, upgrade)
+        is done by the time the first sentence is ready; a failure is raised by the first
+        ``say``. Without a running event loop the session connects on first use."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        self._connecting = loop.create_task(self._preconnect())
+
+    async def _preconnect(self) -> None:
+        try:
+            await self._ensure_open()
+        except ProviderError as exc:
+            self._connect_error = exc
+
     # -- base.LiveSession ---------------------------------------------------------------
 
     async def say(self, text: str) -> int:
         self._check_usable("say")
         if self._ended:
             raise Fatal("say after end", provider=self.provider)
+        if self._connecting is not None:
+            await self._connecting
+            if self._connect_error is not None:
+                raise self._connect_error
         await self._ensure_open()
         index = self._said
         self._said += 1
@@ -183,6 +205,8 @@ class WsLiveSession(ABC):
         if self._ended or self._closed:
             return
         self._ended = True
+        if self._connecting is not None:
+            await self._connecting
         if self._ws is None:
             self._finish(_END)
             return
@@ -202,6 +226,10 @@ class WsLiveSession(ABC):
         if self._closed:
             return
         self._closed = True
+        if self._connecting is not None and not self._connecting.done():
+            self._connecting.cancel()
+            with contextlib.suppress(BaseException):
+                await self._connecting
         ws = self._ws
         if ws is not None:
             if not self._finished_reading():

@@ -10,7 +10,7 @@ a dropped or stalled connection is an error of the taxonomy, never a hang.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import pytest
 
@@ -262,3 +262,27 @@ async def test_cartesia_pause_longer_than_the_context_expiry_loses_nothing(
     first, second = emu.state.live.records("cartesia")[-2:]
     assert (first.outcome, second.outcome) == ("expired", "finished")
     assert second.text.strip() == SENTENCES[1]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_the_session_connects_before_its_first_sentence_and_only_once(
+    kind: str,
+    make_provider: MakeProvider,
+    emu: ProviderEmulator,
+    sample: Callable[[int], bytes],
+    wait_until: Callable[..., Awaitable[None]],
+) -> None:
+    session = await open_session(make_provider, kind, sample)
+    try:
+        # Nothing said yet: the handshake is already under way.
+        await wait_until(lambda state: state.request_count(kind, Op.TTS_LIVE) == 1, DEADLINE_S)
+        pieces: list[LiveAudio] = []
+        consumer = asyncio.create_task(collect(session, pieces))
+        for sentence in SENTENCES:
+            await session.say(sentence)
+        await session.end()
+        await asyncio.wait_for(consumer, DEADLINE_S)
+    finally:
+        await session.aclose()
+    assert emu.state.request_count(kind, Op.TTS_LIVE) == 1  # type: ignore[arg-type]
+    assert sorted({piece.sentence for piece in pieces}) == [0, 1, 2]
