@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
+from voiceslot.providers import cartesia_live
 from voiceslot.providers.base import (
     CloneRequest,
     LiveAudio,
@@ -286,3 +287,33 @@ async def test_the_session_connects_before_its_first_sentence_and_only_once(
         await session.aclose()
     assert emu.state.request_count(kind, Op.TTS_LIVE) == 1  # type: ignore[arg-type]
     assert sorted({piece.sentence for piece in pieces}) == [0, 1, 2]
+
+
+async def test_cartesia_says_it_again_when_the_context_expired_unnoticed(
+    make_provider: MakeProvider,
+    emu: ProviderEmulator,
+    sample: Callable[[int], bytes],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The session does not notice the expiry in time (a slow consumer, a loaded machine):
+    # the provider answers context_closed, and the sentence is said on a fresh context.
+    monkeypatch.setattr(cartesia_live, "ROTATE_AFTER_S", 3600.0)
+    session = await open_session(make_provider, "cartesia", sample)
+    pieces: list[LiveAudio] = []
+    heard = heard_events(2)
+    consumer = asyncio.create_task(collect(session, pieces, heard))
+    try:
+        await session.say(SENTENCES[0])
+        await asyncio.wait_for(heard[0].wait(), DEADLINE_S)
+        await wait_live(emu, lambda records: records[-1].outcome == "expired")
+        await session.say(SENTENCES[1])
+        await session.end()
+        await asyncio.wait_for(consumer, DEADLINE_S)
+    finally:
+        await session.aclose()
+
+    durations = seconds_per_sentence(pieces)
+    assert durations[1] == pytest.approx(speech_seconds(SENTENCES[1] + " "), abs=2 / RATE)
+    first, second = emu.state.live.records("cartesia")[-2:]
+    assert (first.outcome, second.outcome) == ("expired", "finished")
+    assert first.context_id != second.context_id
