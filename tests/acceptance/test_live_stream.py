@@ -274,6 +274,25 @@ async def test_protocol_errors_name_what_is_wrong(serve) -> None:
     error = await failure(call)
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
 
+    # A text fragment that is not UTF-8 (field 2, 2 bytes), sent as raw bytes.
+    raw = channel.stream_stream(
+        "/voiceslot.v1.SynthesizerService/SynthesizeLive",
+        request_serializer=lambda b: b,
+        response_deserializer=spb.SynthesizeLiveResponse.FromString,
+    )(metadata=auth(ALICE_KEY), timeout=WAIT_S)
+    await raw.write(start(voice_id).SerializeToString())
+    await raw.write(b"\x12\x02\xff\xfe")
+    error = await failure(raw)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "UTF-8" in error.details()
+
+    # The interceptor admits stream-stream calls like every other: no key, no call.
+    stub = synthesizer_pb2_grpc.SynthesizerServiceStub(channel)
+    call = stub.SynthesizeLive(timeout=WAIT_S)
+    await call.write(start(voice_id))
+    error = await failure(call)
+    assert error.code() == grpc.StatusCode.UNAUTHENTICATED
+
 
 async def test_bounds_end_the_turn_with_their_status(serve) -> None:
     channel, voice_id = await serve(
