@@ -26,6 +26,7 @@ from voiceslot.cli.output import (
     emit_json,
     err_console,
 )
+from voiceslot.cli.speech_flags import speech_option_flags
 from voiceslot.cli.voices import voices
 from voiceslot.config import load_settings
 from voiceslot.logs import configure_logging
@@ -158,6 +159,7 @@ def serve(
     help="Audio file to write (written whole at the end); '-': standard output, as it comes.",
 )
 @audio_format_options
+@speech_option_flags
 @click.option("--language", default="", help="Language (default: the voice's).")
 @click.option("--seed", default=0, help="Seed for repeatable output (0: random).")
 @click.option("--timeout", default=600.0, show_default=True)
@@ -176,6 +178,7 @@ def say(
     out: Path,
     encoding: str,
     rate: int,
+    options: spb.SpeechOptions,
     language: str,
     seed: int,
     timeout: float,
@@ -212,6 +215,7 @@ def say(
                             voice_id=voice_id,
                             format=audio_format(encoding, rate),
                             language=language,
+                            options=options,
                         ),
                         arriving_text(sys.stdin.fileno()),
                     ),
@@ -226,6 +230,7 @@ def say(
                         language=language,
                         seed=seed,
                         format=audio_format(encoding, rate),
+                        options=options,
                     ),
                     metadata=md,
                     timeout=timeout,
