@@ -22,9 +22,9 @@ import asyncio
 import contextlib
 import json
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import (
@@ -45,6 +45,7 @@ from voiceslot.providers.errors import (
     Transient,
 )
 
+T = TypeVar("T")
 HandshakeClassifier = Callable[[int, bytes, float | None], ProviderError]
 """(status, body, retry_after) of a refused upgrade → the taxonomy error."""
 _AUTH_WORDS = ("api key", "api_key", "auth", "unauthori", "permission", "forbidden")
@@ -271,12 +272,12 @@ class WsLiveSession(ABC):
                     close_timeout=self.limits.close_timeout_s,
                     max_size=self.limits.max_frame_bytes,
                 )
-            except (InvalidHandshake, OSError, TimeoutError) as exc:
+            except (InvalidHandshake, InvalidURI, OSError, TimeoutError) as exc:
                 raise handshake_error(exc, provider=self.provider, classify=self._classify) from exc
             await self._guard(self._on_open())
             self._reader = asyncio.create_task(self._read(self._ws))
 
-    async def _guard(self, sending: Any) -> Any:
+    async def _guard(self, sending: Awaitable[T]) -> T:
         """Await a send; a socket that is gone becomes the reader's error (or
         ``Transient``)."""
         try:

@@ -15,6 +15,7 @@ from voiceslot.providers.cartesia import classify_error as cartesia_classify
 from voiceslot.providers.elevenlabs import classify_error as elevenlabs_classify
 from voiceslot.providers.elevenlabs_live import (
     Attribution,
+    ElevenLabsLiveSession,
     alignment_of,
     classify_ws_error,
     live_url,
@@ -29,7 +30,7 @@ from voiceslot.providers.errors import (
     Transient,
     VoiceNotFound,
 )
-from voiceslot.providers.live_ws import close_error, handshake_error, http_to_ws
+from voiceslot.providers.live_ws import LiveLimits, close_error, handshake_error, http_to_ws
 from voiceslot.providers.timestamps import ElevenLabsTimedStream, cartesia_words, chunk_origin
 
 
@@ -235,3 +236,21 @@ def test_elevenlabs_timed_stream_handles_per_line_times() -> None:
     # The second line's times restart at 0: they count from its own start (1 s in).
     _, words = stream.feed(line("cd", [0.0, 0.1]))
     assert [(w.word, w.start_s, round(w.end_s, 3)) for w in words] == [("cd", 1.0, 1.2)]
+
+
+async def test_a_session_with_a_malformed_url_fails_fatally() -> None:
+    session = ElevenLabsLiveSession(
+        provider="p",
+        url="not a url",
+        api_key="k",
+        sample_rate=16000,
+        voice_settings={},
+        word_timings=False,
+        classify=lambda status, body, retry: Fatal("unused"),
+        limits=LiveLimits(connect_timeout_s=1.0),
+    )
+    try:
+        with pytest.raises(Fatal):
+            await session.say("Hello.")
+    finally:
+        await session.aclose()
