@@ -96,6 +96,7 @@ async def serve(
             settings = make_settings()
         else:
             emulator.reset()
+            emulator.state.live.clear()  # the live-session ledger: this test's sessions only
             name = f"{engine}-emu"
             settings = make_settings(
                 providers=(emulator.provider_config(engine, name=name, capacity=4),),
@@ -236,9 +237,19 @@ async def test_fragments_in_audio_out_in_order(serve, engine: str, emulator) -> 
 
 
 @pytest.mark.parametrize("engine", ENGINES)
-async def test_cancel_mid_turn_releases_the_lease_at_once(serve, engine: str) -> None:
+async def test_cancel_mid_turn_releases_the_lease_at_once(serve, engine: str, emulator) -> None:
     channel, voice_id = await serve(engine)
     await cancel_releases_the_lease(channel, voice_id)
+    if engine != "local":
+        # Generation stopped at the provider: its WebSocket session was closed by us (the
+        # turn never sent `end`, so it cannot have finished on its own).
+        closed = await asyncio.to_thread(
+            emulator.state.live.wait_for,
+            lambda records: bool(records) and not any(r.open for r in records),
+            WAIT_S,
+        )
+        assert closed, emulator.state.live.snapshot(engine)
+        assert all(r.outcome != "finished" for r in emulator.state.live.records(engine))
 
 
 async def test_protocol_errors_name_what_is_wrong(serve) -> None:
