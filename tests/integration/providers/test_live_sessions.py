@@ -199,8 +199,8 @@ async def test_dropped_connection_is_transient(
 async def test_a_stalled_provider_is_transient_not_a_hang(
     kind: str, make_provider: MakeProvider, emu: ProviderEmulator, sample: Callable[[int], bytes]
 ) -> None:
-    session = await open_session(make_provider, kind, sample, timeout_s=0.5)
-    emu.state.faults.inject(Fault(FaultKind.HANG, op=Op.TTS_LIVE, provider=kind, hang_s=5.0))
+    session = await open_session(make_provider, kind, sample, timeout_s=2.0)
+    emu.state.faults.inject(Fault(FaultKind.HANG, op=Op.TTS_LIVE, provider=kind, hang_s=10.0))
     try:
         await session.say("The provider never answers this one in time.")
         with pytest.raises(Transient, match="no answer"):
