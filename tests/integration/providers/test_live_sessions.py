@@ -240,10 +240,9 @@ async def test_a_refused_socket_is_rate_limited_with_the_hint(
     assert raised.value.retry_after == 2.0
 
 
-async def test_cartesia_pause_longer_than_the_context_expiry_loses_nothing(
-    make_provider: MakeProvider, emu: ProviderEmulator, sample: Callable[[int], bytes]
-) -> None:
-    session = await open_session(make_provider, "cartesia", sample)
+async def speak_across_an_expiry(session: LiveSession, emu: ProviderEmulator) -> None:
+    """Say a sentence, pause until the emulator expired its context, say another: the
+    second is heard whole, on a second context."""
     pieces: list[LiveAudio] = []
     heard = heard_events(2)
     consumer = asyncio.create_task(collect(session, pieces, heard))
@@ -262,7 +261,15 @@ async def test_cartesia_pause_longer_than_the_context_expiry_loses_nothing(
     assert durations[1] == pytest.approx(speech_seconds(SENTENCES[1] + " "), abs=2 / RATE)
     first, second = emu.state.live.records("cartesia")[-2:]
     assert (first.outcome, second.outcome) == ("expired", "finished")
+    assert first.context_id != second.context_id
     assert second.text.strip() == SENTENCES[1]
+
+
+async def test_cartesia_pause_longer_than_the_context_expiry_loses_nothing(
+    make_provider: MakeProvider, emu: ProviderEmulator, sample: Callable[[int], bytes]
+) -> None:
+    # The session sees it was quiet long enough and moves to a fresh context itself.
+    await speak_across_an_expiry(await open_session(make_provider, "cartesia", sample), emu)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -298,22 +305,4 @@ async def test_cartesia_says_it_again_when_the_context_expired_unnoticed(
     # The session does not notice the expiry in time (a slow consumer, a loaded machine):
     # the provider answers context_closed, and the sentence is said on a fresh context.
     monkeypatch.setattr(cartesia_live, "ROTATE_AFTER_S", 3600.0)
-    session = await open_session(make_provider, "cartesia", sample)
-    pieces: list[LiveAudio] = []
-    heard = heard_events(2)
-    consumer = asyncio.create_task(collect(session, pieces, heard))
-    try:
-        await session.say(SENTENCES[0])
-        await asyncio.wait_for(heard[0].wait(), DEADLINE_S)
-        await wait_live(emu, lambda records: records[-1].outcome == "expired")
-        await session.say(SENTENCES[1])
-        await session.end()
-        await asyncio.wait_for(consumer, DEADLINE_S)
-    finally:
-        await session.aclose()
-
-    durations = seconds_per_sentence(pieces)
-    assert durations[1] == pytest.approx(speech_seconds(SENTENCES[1] + " "), abs=2 / RATE)
-    first, second = emu.state.live.records("cartesia")[-2:]
-    assert (first.outcome, second.outcome) == ("expired", "finished")
-    assert first.context_id != second.context_id
+    await speak_across_an_expiry(await open_session(make_provider, "cartesia", sample), emu)
