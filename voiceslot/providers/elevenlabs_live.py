@@ -156,13 +156,14 @@ class Attribution:
 
 def alignment_of(message: Mapping[str, Any]) -> tuple[list[str], list[float], list[float]] | None:
     """(chars, start ms, duration ms) of a frame, from ``alignment`` (the text as sent)
-    or else ``normalizedAlignment``; both duration spellings are in use."""
+    or else ``normalizedAlignment``; both spellings of the time keys (``charStartTimesMs``
+    / ``charsStartTimesMs``, ``charsDurationsMs`` / ``charDurationsMs``) are in use."""
     for key in ("alignment", "normalizedAlignment"):
         value = message.get(key)
         if not isinstance(value, Mapping):
             continue
         chars = value.get("chars")
-        starts = value.get("charStartTimesMs")
+        starts = value.get("charStartTimesMs", value.get("charsStartTimesMs"))
         durations = value.get("charsDurationsMs", value.get("charDurationsMs"))
         if isinstance(chars, list) and isinstance(starts, list) and isinstance(durations, list):
             return [str(c) for c in chars], starts, durations

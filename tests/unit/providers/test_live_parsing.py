@@ -104,7 +104,9 @@ def test_visible_length_counts_what_alignment_accounts_for() -> None:
 def test_alignment_accepts_both_duration_spellings() -> None:
     new = {"alignment": {"chars": ["a"], "charStartTimesMs": [0], "charsDurationsMs": [5]}}
     old = {"normalizedAlignment": {"chars": ["a"], "charStartTimesMs": [0], "charDurationsMs": [5]}}
+    plural = {"alignment": {"chars": ["a"], "charsStartTimesMs": [0], "charsDurationsMs": [5]}}
     assert alignment_of(new) == (["a"], [0], [5])
+    assert alignment_of(plural) == (["a"], [0], [5])
     assert alignment_of(old) == (["a"], [0], [5])
     assert alignment_of({"alignment": None}) is None
 
