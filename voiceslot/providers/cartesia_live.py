@@ -37,7 +37,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from voiceslot.providers import http
-from voiceslot.providers.base import LiveAudio, PcmAudio
+from voiceslot.providers.base import LiveAudio, PcmAudio, WordTime
 from voiceslot.providers.errors import Fatal, ProviderError
 from voiceslot.providers.live_ws import HandshakeClassifier, LiveLimits, WsLiveSession
 from voiceslot.providers.timestamps import cartesia_words
@@ -80,6 +80,7 @@ class CartesiaLiveSession(WsLiveSession):
         self._context_used = False
         self._done_owed = False
         self._held: LiveAudio | None = None
+        self._early_words: tuple[WordTime, ...] = ()
         self._send_lock = asyncio.Lock()
 
     async def _on_open(self) -> None:
@@ -130,13 +131,16 @@ class CartesiaLiveSession(WsLiveSession):
             return [], False  # a context this session left behind
         kind = message.get("type")
         out: list[LiveAudio] = []
-        if kind == "timestamps" and self._held is not None:
-            words = cartesia_words(message, origin_s=self._origin_s)
+        if kind == "timestamps":
+            words = tuple(cartesia_words(message, origin_s=self._origin_s))
             held = self._held
-            self._held = LiveAudio(
-                PcmAudio(held.pcm.pcm16, held.pcm.sample_rate, held.pcm.words + tuple(words)),
-                held.sentence,
-            )
+            if held is None:  # no audio to go with: they travel with the next piece
+                self._early_words += words
+            else:
+                pcm = held.pcm
+                self._held = LiveAudio(
+                    PcmAudio(pcm.pcm16, pcm.sample_rate, pcm.words + words), held.sentence
+                )
             return [], False
         self._release(out)
         if kind == "chunk":
@@ -168,7 +172,8 @@ class CartesiaLiveSession(WsLiveSession):
         if not pcm:
             return
         sentence = self._owed_sentences[0][0] if self._owed_sentences else self._last_index
-        piece = LiveAudio(PcmAudio(pcm, self._rate), sentence)
+        piece = LiveAudio(PcmAudio(pcm, self._rate, self._early_words), sentence)
+        self._early_words = ()
         if self._word_timings:
             self._held = piece  # its timestamps follow
         else:
