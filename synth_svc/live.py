@@ -1,7 +1,7 @@
 """The live turn, for voice agents: text fragments in as an LLM produces them, audio out
 sentence by sentence while more text is still coming. Knows nothing of gRPC.
 
-Four things run at once for one turn, so that none waits for another:
+Several things run at once for one turn, so that none waits for another:
 
 - the *pump* reads the client's messages into an inbox (the transport's own flow control
   pushes back on a client faster than that);
@@ -16,8 +16,9 @@ Four things run at once for one turn, so that none waits for another:
   ``voiceslot.providers.live``), and encodes its audio into one container for the turn,
   each chunk tagged with the span of text it speaks.
 
-Every wait of the turn is raced against the feeder and the sayer, so a bound exceeded or
-a bad message ends the turn at once with its own error, never a hang. On every way out
+A *listener* iterates the session's audio (a provider's stream is entered and left in one
+task). Every wait of the turn is raced against these tasks, so a bound exceeded, a bad
+message or a provider failure ends the turn at once with its own error, never a hang. On every way out
 (end, error, the caller cancelling for a barge-in, server shutdown) the tasks are
 stopped, the session closed (generation stops at the provider), the encoder closed and
 the lease released then, not when its TTL runs out.
@@ -39,15 +40,12 @@ from synth_svc.domain.live import End, Flush, LiveChunk, LiveEvent, Span, Text
 from synth_svc.service import SENTENCE_MAX_CHARS, ChunkEncoder, Synthesizer
 from voiceslot.config import LiveConfig
 from voiceslot.ids import require_id
-from voiceslot.logs import get_logger
 from voiceslot.providers.base import LiveAudio, LiveRequest, LiveSession
 from voiceslot.providers.live import open_live
 from voiceslot.providers.options import check_finite
 from voiceslot.text_stream import Piece, SentenceCutter
 from voiceslot.token_bucket import Bucket, TokenBucket
 from voiceslot.validation import language_tag
-
-log = get_logger(__name__)
 
 T = TypeVar("T")
 
