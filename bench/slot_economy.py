@@ -6,8 +6,9 @@
 
 Replays request traces (built-in, generated from a seed; or a file of
 ``timestamp voice_id [user_id] [lease_seconds]`` lines) against LRU, ARC, SIEVE, S3-FIFO,
-W-TinyLFU, the allocator's own default policy and the candidate in
-``bench/slot_economy/candidate.py``; prints a table per trace and, last, one JSON line.
+W-TinyLFU and the allocator's own policies — its default (``adaptive``, the very object
+``allocator_svc`` runs) and its selectable ``lru`` —; prints a table per trace and, last,
+one JSON line.
 Writes bench/results/slot_economy.json. The code is the package ``bench/slot_economy/``.
 """
 

@@ -1,5 +1,5 @@
 """Slot economy: replay request traces against reclaim policies and count clones against
 Belady's optimum. See ``bench/slot_economy.py`` for the command and ``cli.py`` for its
 options; the modules, in reading order: traces, policies (the seam and the five reference
-policies), belady, replay (the engine), candidate (a pure policy meant for the allocator),
-adapters (the product's policy and the candidate behind the seam)."""
+policies), belady, replay (the engine), adapters (the allocator's own policies —
+``allocator_svc.domain.adaptive`` and ``reclaim`` — behind the seam)."""

@@ -24,7 +24,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from .adapters import CandidateDriver, ProductPolicy
+from .adapters import ProductDefault, ProductLRU
 from .belady import Belady
 from .policies import REFERENCE_POLICIES, ReplayPolicy
 from .replay import ReplayResult, replay
@@ -37,12 +37,13 @@ PolicyFactory = Callable[[Trace], ReplayPolicy]
 
 
 def policy_factories() -> dict[str, PolicyFactory]:
-    """Belady first (the yardstick), then the references, the product's default, the candidate."""
+    """Belady first (the yardstick), then the references, the product's default and its
+    selectable LRU."""
     out: dict[str, PolicyFactory] = {"Belady": lambda tr: Belady(tr.slots, tr.requests)}
     for name, cls in REFERENCE_POLICIES.items():
         out[name] = lambda tr, cls=cls: cls(tr.slots)
-    out["default"] = lambda tr: ProductPolicy(tr.slots)
-    out["candidate"] = lambda tr: CandidateDriver(tr.slots)
+    out["default"] = lambda tr: ProductDefault(tr.slots)
+    out["product-lru"] = lambda tr: ProductLRU(tr.slots)
     return out
 
 

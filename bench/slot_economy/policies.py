@@ -3,8 +3,8 @@
 The replay engine (``replay.py``) drives every policy through ``ReplayPolicy``:
 
 - ``observe(index, request)``: every request as it arrives, served or not (offline
-  policies such as Belady read the future from here; the candidate updates its
-  statistics as the allocator's database would).
+  policies such as Belady read the future from here; the product's default updates
+  its statistics as the allocator's database would).
 - ``hit(voice, now)``: a request found its voice resident (or a queued request was served
   by a clone made for an earlier one).
 - ``admit(voice, ctx)``: the voice must be cloned into a slot. With a free slot the policy

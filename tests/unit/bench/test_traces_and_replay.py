@@ -4,7 +4,7 @@ one clone for every request queued on the same voice)."""
 from __future__ import annotations
 
 import pytest
-from slot_economy.adapters import ProductPolicy
+from slot_economy.adapters import ProductLRU
 from slot_economy.belady import Belady, next_use
 from slot_economy.policies import LRU, AdmitContext, Wait, _Base
 from slot_economy.replay import replay
@@ -120,15 +120,7 @@ def test_belady_with_leases_waits_then_evicts_by_next_use() -> None:
     assert next_use(trace.requests) == [3, float("inf"), float("inf"), float("inf")]
 
 
-def test_the_products_default_policy_is_lru_when_residency_never_binds() -> None:
-    # Requests 100 s apart: the product's 10 s minimum residency never holds a voice back.
+def test_the_products_lru_setting_replays_as_lru() -> None:
     seq = [0, 1, 2, 0, 3, 1, 4, 0, 2, 5, 3, 0, 1]
-    trace = _trace([(100.0 * i, v, 0.0) for i, v in enumerate(seq)], 3)
-    assert replay(trace, ProductPolicy(3)).clones == replay(trace, LRU(3)).clones
-
-
-def test_the_products_default_policy_makes_a_request_wait_out_min_residency() -> None:
-    # One slot; voice 0 became ready at 0, so the product will not evict it before 10 s.
-    result = replay(_trace([(0, 0, 0.0), (1, 1, 0.0)], 1), ProductPolicy(1))
-    assert result.clones == 2
-    assert result.wait_max == pytest.approx(9.0)
+    trace = _trace([(1.0 * i, v, 0.0) for i, v in enumerate(seq)], 3)
+    assert replay(trace, ProductLRU(3)).clones == replay(trace, LRU(3)).clones
