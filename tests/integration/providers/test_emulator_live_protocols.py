@@ -255,3 +255,80 @@ async def test_cartesia_refuses_bad_keys_and_missing_versions(
         async with connect(url_of(emu)):
             pass
     assert refused.value.response.status_code == status
+
+
+# -- ElevenLabs multi-stream-input ------------------------------------------------------
+
+
+def multi_url(emu: ProviderEmulator) -> str:
+    return eleven_url(emu).replace("/stream-input?", "/multi-stream-input?")
+
+
+def multi_headers() -> dict[str, str]:
+    return {"xi-api-key": DEFAULT_ELEVENLABS_KEY}
+
+
+async def until_final(ws: ClientConnection, context: str) -> list[dict[str, Any]]:
+    seen = []
+    async for message in frames(ws):
+        seen.append(message)
+        if message.get("isFinal") is True and message.get("contextId") == context:
+            return seen
+    raise AssertionError(f"socket closed before isFinal for {context}: {seen}")
+
+
+async def test_multi_contexts_share_a_socket_and_are_told_apart(emu: ProviderEmulator) -> None:
+    async with connect(multi_url(emu), additional_headers=multi_headers()) as ws:
+        for context in ("a", "b"):
+            await ws.send(json.dumps({"text": " ", "context_id": context}))
+        await ws.send(json.dumps({"text": "For a. ", "context_id": "a", "flush": True}))
+        await ws.send(json.dumps({"text": "For b, longer. ", "context_id": "b", "flush": True}))
+        # The opening " " stays in each context's buffer: it is spoken with the text.
+        expected = {
+            context: 2 * round(speech_seconds(text) * 16000)
+            for context, text in (("a", " For a. "), ("b", " For b, longer. "))
+        }
+        audio: dict[str, int] = {"a": 0, "b": 0}
+        async for message in frames(ws):
+            audio[message["contextId"]] += len(base64.b64decode(message["audio"]))
+            if audio == expected:
+                break
+        await ws.send(json.dumps({"context_id": "a", "close_context": True}))
+        assert [m for m in await until_final(ws, "a") if m.get("audio")] == []
+        await ws.send(json.dumps({"close_socket": True}))
+        _ = [m async for m in frames(ws)]
+        assert ws.close_code == 1000
+    outcomes = {r.context_id: (r.outcome, r.text) for r in emu.state.live.records(ELEVENLABS)}
+    assert outcomes == {"a": ("finished", " For a. "), "b": ("finished", " For b, longer. ")}
+
+
+async def test_multi_close_context_is_a_barge_in(emu: ProviderEmulator) -> None:
+    emu.state.hold_streams()
+    try:
+        async with connect(multi_url(emu), additional_headers=multi_headers()) as ws:
+            await ws.send(json.dumps({"text": " ", "context_id": "old"}))
+            await ws.send(
+                json.dumps({"text": "A long reply. " * 4, "context_id": "old", "flush": True})
+            )
+            first = json.loads(await asyncio.wait_for(ws.recv(), DEADLINE_S))
+            assert first["contextId"] == "old" and first["audio"]
+            await ws.send(json.dumps({"context_id": "old", "close_context": True}))
+            await until_final(ws, "old")
+            # The socket goes on: a new context speaks.
+            await ws.send(json.dumps({"text": "New. ", "context_id": "new", "flush": True}))
+            reply = json.loads(await asyncio.wait_for(ws.recv(), DEADLINE_S))
+            assert reply["contextId"] == "new"
+    finally:
+        emu.state.release_streams()
+    old = next(r for r in emu.state.live.records(ELEVENLABS) if r.context_id == "old")
+    assert (old.outcome, old.audio_frames) == ("cancelled", 1)
+
+
+async def test_multi_refuses_a_sixth_context(emu: ProviderEmulator) -> None:
+    async with connect(multi_url(emu), additional_headers=multi_headers()) as ws:
+        for index in range(6):
+            await ws.send(json.dumps({"text": " ", "context_id": f"c{index}"}))
+        [error] = [m async for m in frames(ws)]
+        assert ws.close_code == 1008
+    assert error["error"] == "max_active_conversations"
+    assert len(emu.state.live.records(ELEVENLABS)) == 5

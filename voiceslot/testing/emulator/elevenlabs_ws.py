@@ -29,6 +29,7 @@ import asyncio
 import base64
 import contextlib
 import json
+from dataclasses import dataclass
 from typing import Any
 
 from starlette.routing import WebSocketRoute
@@ -87,20 +88,69 @@ def parse_schedule(config: Any) -> tuple[int, ...]:
     return tuple(schedule)
 
 
-def audio_frame(pcm: bytes, chars: list[alignment.CharTime], origin_s: float) -> str:
+class TextBuffer:
+    """Text received and not yet spoken; hands out a generation at a flush or when the
+    chunk schedule's next threshold is reached."""
+
+    def __init__(self, schedule: tuple[int, ...]) -> None:
+        self.schedule = schedule
+        self.text = ""
+        self.generations = 0
+
+    def add(self, text: str, *, flush: bool) -> str | None:
+        """The run to speak now, if ``text`` (and ``flush``) completes one."""
+        self.text += text
+        if not self.text.strip():
+            return None
+        if flush or len(self.text) >= next_threshold(self.schedule, self.generations):
+            self.generations += 1
+            return self.rest()
+        return None
+
+    def rest(self) -> str | None:
+        """Whatever is buffered (the end of the stream), or None if nothing to say."""
+        piece, self.text = self.text, ""
+        return piece if piece.strip() else None
+
+
+def audio_frame(
+    pcm: bytes, chars: list[alignment.CharTime], origin_s: float, context_id: str | None = None
+) -> str:
     aligned = alignment.elevenlabs_alignment(chars, origin_s=origin_s) if chars else None
-    return json.dumps(
-        {
-            "audio": base64.b64encode(pcm).decode(),
-            "isFinal": None,
-            "normalizedAlignment": aligned,
-            "alignment": aligned,
-        }
-    )
+    body: dict[str, Any] = {
+        "audio": base64.b64encode(pcm).decode(),
+        "isFinal": None,
+        "normalizedAlignment": aligned,
+        "alignment": aligned,
+    }
+    if context_id is not None:  # multi-stream-input
+        body["contextId"] = context_id
+    return json.dumps(body)
 
 
-class _Socket:
-    """One accepted ``stream-input`` socket."""
+def final_frame(context_id: str | None = None) -> str:
+    body: dict[str, Any] = {"isFinal": True}
+    if context_id is not None:
+        body["contextId"] = context_id
+    return json.dumps(body)
+
+
+@dataclass(frozen=True)
+class Opened:
+    """What an accepted handshake settled."""
+
+    decision: Decision
+    fmt: OutputFormat
+    inactivity: float
+    account: Account | None
+    """None when the key is to come in the first message."""
+    voice: VoiceRecord | None
+    epoch: int
+
+
+class Speaker:
+    """The generations of one ``stream-input`` socket (or one ``multi-stream-input``
+    context, whose frames carry its ``contextId``)."""
 
     def __init__(
         self,
@@ -110,6 +160,7 @@ class _Socket:
         faults: LiveFaults,
         voice: VoiceRecord,
         fmt: OutputFormat,
+        context_id: str | None = None,
     ) -> None:
         self.ws = websocket
         self.state = state
@@ -117,11 +168,19 @@ class _Socket:
         self.faults = faults
         self.voice = voice
         self.fmt = fmt
+        self.context_id = context_id
         self.pieces: asyncio.Queue[Any] = asyncio.Queue()
+        self.generating = False
+
+    @property
+    def idle(self) -> bool:
+        """Nothing queued and nothing being spoken."""
+        return self.pieces.empty() and not self.generating
 
     async def generate(self) -> None:
         """Speak each buffered run as it is queued, then send ``isFinal``."""
         while (piece := await self.pieces.get()) is not _END:
+            self.generating = True
             if self.faults.latency_s > 0:
                 await asyncio.sleep(self.faults.latency_s)
             self.state.live.update(self.record, generated_chars_add=len(piece))
@@ -131,7 +190,8 @@ class _Socket:
                 sample_rate=self.fmt.sample_rate,
             )
             chars = alignment.char_times(piece)
-            for frame in frames(samples, self.fmt.sample_rate):
+            frame_list = list(frames(samples, self.fmt.sample_rate))
+            for index, frame in enumerate(frame_list, start=1):
                 await self.faults.before_frame()
                 data = audio.encode(
                     frame.samples,
@@ -140,14 +200,17 @@ class _Socket:
                     encoding=self.fmt.encoding,
                 )
                 window = alignment.in_window(chars, frame.start_s, frame.end_s)
-                await self.ws.send_text(audio_frame(data, window, frame.start_s))
+                await self.ws.send_text(audio_frame(data, window, frame.start_s, self.context_id))
                 self.state.live.update(
                     self.record,
                     audio_frames_add=1,
                     audio_seconds_add=frame.end_s - frame.start_s,
                 )
+                # Idle as soon as the last frame is out, not after the fault hooks.
+                self.generating = index < len(frame_list)
                 await self.faults.after_frame()
-        await self.ws.send_text(json.dumps({"isFinal": True}))
+            self.generating = False
+        await self.ws.send_text(final_frame(self.context_id))
 
 
 class ElevenLabsLive:
@@ -160,6 +223,27 @@ class ElevenLabsLive:
         return [WebSocketRoute("/v1/text-to-speech/{voice_id}/stream-input", self.stream_input)]
 
     async def stream_input(self, websocket: WebSocket) -> None:
+        opened = await self.handshake(websocket)
+        if opened is None:
+            return
+        await websocket.accept()
+        try:
+            await self._serve(
+                websocket,
+                opened.decision,
+                opened.fmt,
+                opened.inactivity,
+                opened.account,
+                opened.voice,
+                opened.epoch,
+            )
+        finally:
+            if opened.account is not None:
+                self.state.end_tts(opened.account)
+
+    async def handshake(self, websocket: WebSocket) -> Opened | None:
+        """Check the upgrade request (faults, query, header key, voice, concurrency);
+        None when it was refused with an HTTP answer."""
         state = self.state
         query = dict(websocket.query_params)
         record = RequestRecord(
@@ -196,13 +280,8 @@ class ElevenLabsLive:
                 state.begin_tts(account)
         except EmulatorError as exc:
             await deny(websocket, error_response(exc))
-            return
-        await websocket.accept()
-        try:
-            await self._serve(websocket, decision, fmt, inactivity, account, voice, epoch)
-        finally:
-            if account is not None:
-                state.end_tts(account)
+            return None
+        return Opened(decision, fmt, inactivity, account, voice, epoch)
 
     async def _serve(
         self,
@@ -256,7 +335,7 @@ class ElevenLabsLive:
         schedule: tuple[int, ...],
         inactivity: float,
     ) -> None:
-        socket = _Socket(
+        socket = Speaker(
             websocket, self.state, record, LiveFaults(self.state, decision), voice, fmt
         )
         generator = asyncio.create_task(socket.generate())
@@ -284,12 +363,11 @@ class ElevenLabsLive:
                     await task
 
     async def _read_text(
-        self, socket: _Socket, schedule: tuple[int, ...], inactivity: float
+        self, socket: Speaker, schedule: tuple[int, ...], inactivity: float
     ) -> bool:
         """Buffer text into generations; True once the end message arrived, False when
         the client went away or fell silent."""
-        buffer = ""
-        generations = 0
+        buffer = TextBuffer(schedule)
         while True:
             message = await self._receive(socket.ws, inactivity, socket.record)
             if message is None:
@@ -301,18 +379,15 @@ class ElevenLabsLive:
                 return False
             self.state.live.update(socket.record, text_add=text, inputs_add=1)
             if text == "":
-                if buffer.strip():
-                    socket.pieces.put_nowait(buffer)
+                if (rest := buffer.rest()) is not None:
+                    socket.pieces.put_nowait(rest)
                 socket.pieces.put_nowait(_END)
                 return True
-            buffer += text
             flush = bool(message.get("flush"))
             if flush:
                 self.state.live.update(socket.record, flushes_add=1)
-            if buffer.strip() and (flush or len(buffer) >= next_threshold(schedule, generations)):
-                socket.pieces.put_nowait(buffer)
-                buffer = ""
-                generations += 1
+            if (piece := buffer.add(text, flush=flush)) is not None:
+                socket.pieces.put_nowait(piece)
 
     async def _receive(
         self, websocket: WebSocket, inactivity: float, record: LiveRecord

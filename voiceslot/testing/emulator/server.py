@@ -2,8 +2,8 @@
 
 One Starlette app serves both providers under their own prefix, with the providers' real
 paths below it: ``<url>/elevenlabs/v1/voices/add``, ``<url>/cartesia/tts/sse``, and the
-streaming-input WebSockets (``ws://<host>/elevenlabs/v1/text-to-speech/<id>/stream-input``,
-``ws://<host>/cartesia/tts/websocket``). Point a
+streaming-input WebSockets (``ws://<host>/elevenlabs/v1/text-to-speech/<id>/stream-input``
+and ``…/multi-stream-input``, ``ws://<host>/cartesia/tts/websocket``). Point a
 ``ProviderConfig.base_url`` at ``emulator.elevenlabs_url`` or ``emulator.cartesia_url``.
 
 ``ProviderEmulator`` runs uvicorn in a background thread (its own event loop) on
@@ -32,6 +32,7 @@ from voiceslot.testing.emulator.cartesia_api import CartesiaApi
 from voiceslot.testing.emulator.cartesia_ws import CartesiaLive
 from voiceslot.testing.emulator.debug_api import DEBUG_PREFIX, DebugApi
 from voiceslot.testing.emulator.elevenlabs_api import ElevenLabsApi
+from voiceslot.testing.emulator.elevenlabs_multi_ws import ElevenLabsMultiLive
 from voiceslot.testing.emulator.elevenlabs_ws import ElevenLabsLive
 from voiceslot.testing.emulator.state import (
     CARTESIA,
@@ -90,7 +91,11 @@ def create_app(state: EmulatorState) -> Starlette:
             # WebSocket routes first; the REST app's router takes everything else.
             Mount(
                 ELEVENLABS_PREFIX,
-                routes=[*ElevenLabsLive(state).routes(), Mount("", app=ElevenLabsApi(state).app())],
+                routes=[
+                    *ElevenLabsLive(state).routes(),
+                    *ElevenLabsMultiLive(state).routes(),
+                    Mount("", app=ElevenLabsApi(state).app()),
+                ],
             ),
             Mount(
                 CARTESIA_PREFIX,
