@@ -83,7 +83,7 @@ def bind(host: str, port: int, *, reuse_port: bool) -> socket.socket:
 class HttpApiServer:
     """The API on ``config.host``:``config.port``; ``start`` returns once it listens."""
 
-    def __init__(self, app: Starlette, config: HttpApiConfig, *, reuse_port: bool = False):
+    def __init__(self, app: Starlette, config: HttpApiConfig, *, reuse_port: bool = False) -> None:
         self._app = app
         self._config = config
         self._reuse_port = reuse_port

@@ -43,7 +43,11 @@ Handler = Callable[[Request], Awaitable[Response]]
 
 
 class Routes:
-    def __init__(self, synthesizer: Synthesizer, admission: Admission, *, max_body_bytes: int):
+    """The API's handlers over one synthesizer and the process's admission."""
+
+    def __init__(
+        self, synthesizer: Synthesizer, admission: Admission, *, max_body_bytes: int
+    ) -> None:
         self.synthesizer = synthesizer
         self.admission = admission
         self.max_body_bytes = max_body_bytes

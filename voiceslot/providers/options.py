@@ -2,10 +2,10 @@
 
 ``SpeechOptions`` is flat (speed, ElevenLabs' voice settings, Cartesia's controls); each
 adapter declares which of them its engine has and their ranges (``OptionRules``) and
-answers ``check_options`` with ``check``. An option the engine does not have, a value
-out of its range, or a number that is not finite is ``InvalidArgument`` naming the
-option by its request path (``options.elevenlabs.stability``), so the caller learns
-what to change; nothing is ever dropped silently. Pure.
+answers ``check_options`` with ``check_against``. An option the engine does not have, a
+value out of its range, or a number that is not finite is ``InvalidArgument`` naming the
+option by its request path (``options.elevenlabs.stability``), so the caller learns what
+to change; nothing is ever dropped silently. Pure.
 """
 
 from __future__ import annotations
