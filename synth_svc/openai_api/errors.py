@@ -26,6 +26,7 @@ PARAMS = {
     "text": "input",
     "voice_id": "voice",
     "options.speed": "speed",
+    "options": "speed",  # an engine without speed controls (pre-sonic-3 Cartesia)
     "format.encoding": "response_format",
     "format.sample_rate_hz": "response_format",
 }

@@ -5,6 +5,7 @@ the same keys, ownership and rate limits as gRPC, and errors in OpenAI's shape."
 
 from __future__ import annotations
 
+import asyncio
 import io
 
 import httpx
@@ -217,3 +218,35 @@ async def test_the_rate_limit_is_grpcs_429_with_retry_after(start_runtime) -> No
 
 async def _no_leases(channel, voice_id: str) -> bool:
     return await active_leases(channel, voice_id) == 0
+
+
+async def test_stopping_lets_a_response_in_flight_finish_and_refuses_new_ones(api, emulator):
+    rt, channel, voice, client = api
+    emulator.state.hold_streams()  # the provider sends one chunk, then waits for release
+    base = f"http://127.0.0.1:{rt.http_port}"
+    headers = {"authorization": f"Bearer {ALICE_KEY}"}
+    body = {"model": "tts-1", "voice": voice, "input": TEXT, "response_format": "wav"}
+    async with (
+        httpx.AsyncClient(base_url=base, headers=headers, timeout=60) as http,
+        http.stream("POST", "/v1/audio/speech", json=body) as response,
+    ):
+        assert response.status_code == 200
+        pieces = response.aiter_bytes()
+        received = [await anext(pieces)]
+        stopping = asyncio.create_task(rt.stop())
+        await eventually(lambda: _refused(base), what="new connections refused", timeout=30)
+        assert not stopping.done()  # waiting for the response in flight
+        emulator.state.release_streams()
+        received += [piece async for piece in pieces]
+    samples, rate = sf.read(io.BytesIO(b"".join(received)), dtype="int16")
+    assert rate == 24000 and len(samples) / rate > 0.8 * 0.045 * len(TEXT)
+    await asyncio.wait_for(stopping, 60)
+
+
+async def _refused(base: str) -> bool:
+    try:
+        async with httpx.AsyncClient(base_url=base, timeout=5) as http:
+            await http.get("/v1/models")
+    except httpx.ConnectError:
+        return True
+    return False
