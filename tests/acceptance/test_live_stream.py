@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import io
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
@@ -82,45 +82,65 @@ def emulator() -> Any:
         yield emu
 
 
-@pytest.fixture
-async def serve(
-    make_settings: Callable[..., Settings], emulator: ProviderEmulator, sample_wav: bytes
-) -> AsyncIterator[Callable[..., Awaitable[tuple[grpc.aio.Channel, str]]]]:
-    """Start both services on ``engine`` ("local", or an emulated provider kind) with the
-    given ``synth.live`` bounds and a READY voice; (channel, voice id)."""
-    runtimes: list[Runtime] = []
-    channels: list[grpc.aio.Channel] = []
+class Deployments:
+    """Both services on ``engine`` ("local", or an emulated provider kind) with the given
+    ``synth.live`` bounds and a READY voice: ``await serve(engine, **live)`` gives
+    (channel, voice id). Stopped after the test unless a test stops one itself."""
 
-    async def start_(engine: str = "local", **live: Any) -> tuple[grpc.aio.Channel, str]:
+    def __init__(
+        self, make_settings: Callable[..., Settings], emulator: ProviderEmulator, sample: bytes
+    ) -> None:
+        self.make_settings = make_settings
+        self.emulator = emulator
+        self.sample = sample
+        self.runtimes: list[Runtime] = []
+        self.channels: list[grpc.aio.Channel] = []
+
+    async def __call__(
+        self, engine: str = "local", *, grace_s: float = 10.0, **live: Any
+    ) -> tuple[grpc.aio.Channel, str]:
         if engine == "local":
-            settings = make_settings()
+            settings = self.make_settings(shutdown_grace_s=grace_s)
         else:
-            emulator.reset()
-            emulator.state.live.clear()  # the live-session ledger: this test's sessions only
+            self.emulator.reset()
+            self.emulator.state.live.clear()  # the live-session ledger: this test's only
             name = f"{engine}-emu"
-            settings = make_settings(
-                providers=(emulator.provider_config(engine, name=name, capacity=4),),
+            settings = self.make_settings(
+                providers=(self.emulator.provider_config(engine, name=name, capacity=4),),
                 default_provider=name,
                 allocator=AllocatorConfig(maintenance_interval_s=None, dispatch_interval_s=0.1),
                 synth=SynthConfig(),
+                shutdown_grace_s=grace_s,
             )
         rt = await Runtime(live_settings(settings, **live)).start()
-        runtimes.append(rt)
+        self.runtimes.append(rt)
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{rt.port}")
-        channels.append(channel)
+        self.channels.append(channel)
         md = auth(ALICE_KEY)
-        voice = await register(channel, md, sample_wav)
+        voice = await register(channel, md, self.sample)
         ready = await ensure_ready(channel, md, voice.voice_id, timeout=WAIT_S)
         await allocator_pb2_grpc.AllocatorServiceStub(channel).ReleaseLease(
             apb.ReleaseLeaseRequest(lease_id=ready.ready.lease.lease_id), metadata=md
         )
         return channel, voice.voice_id
 
-    yield start_
-    for ch in channels:
-        await ch.close()
-    for rt in reversed(runtimes):
-        await rt.stop()
+    async def stop_last(self) -> None:
+        await self.runtimes.pop().stop()
+
+    async def close(self) -> None:
+        for ch in self.channels:
+            await ch.close()
+        for rt in reversed(self.runtimes):
+            await rt.stop()
+
+
+@pytest.fixture
+async def serve(
+    make_settings: Callable[..., Settings], emulator: ProviderEmulator, sample_wav: bytes
+) -> AsyncIterator[Deployments]:
+    deployments = Deployments(make_settings, emulator, sample_wav)
+    yield deployments
+    await deployments.close()
 
 
 def live_call(channel: grpc.aio.Channel) -> grpc.aio.StreamStreamCall:
@@ -299,41 +319,42 @@ async def test_protocol_errors_name_what_is_wrong(serve) -> None:
 
     # The interceptor admits stream-stream calls like every other: no key, no call.
     stub = synthesizer_pb2_grpc.SynthesizerServiceStub(channel)
-    call = stub.SynthesizeLive(timeout=WAIT_S)
-    await call.write(start(voice_id))
+    call = stub.SynthesizeLive(timeout=WAIT_S)  # refused before any message is read
     error = await failure(call)
     assert error.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
 async def test_bounds_end_the_turn_with_their_status(serve) -> None:
+    # Each case sends exactly the messages that cross its bound and then only reads: a
+    # write racing the server's answer is refused by grpc's client as its own INTERNAL,
+    # which would hide the status under test.
     channel, voice_id = await serve(
         "local",
-        max_fragment_chars=50,
+        max_fragment_chars=200,
         max_buffered_chars=120,
-        max_fragments_per_s=5,
+        max_fragments_per_s=1,
         idle_flush_s=0.5,
         idle_end_s=2.0,
     )
 
     call = live_call(channel)
     await call.write(start(voice_id))
-    await call.write(text("x" * 51))
+    await call.write(text("x" * 201))
     error = await failure(call)
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "synth.live.max_fragment_chars" in error.details()
 
     call = live_call(channel)
     await call.write(start(voice_id))
-    for _ in range(3):  # no sentence end: all of it waits
-        await call.write(text("word " * 9))
+    await call.write(text("word " * 30))  # 150 characters waiting for a sentence end
     error = await failure(call)
     assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "synth.live.max_buffered_chars" in error.details()
 
     call = live_call(channel)
     await call.write(start(voice_id))
-    for _ in range(12):  # more than a burst of 5, at once
-        await call.write(text("a "))
+    await call.write(text("One "))
+    await call.write(text("two "))  # the second within the second: over 1 a second
     error = await failure(call)
     assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "synth.live.max_fragments_per_s" in error.details()
@@ -399,3 +420,21 @@ async def test_word_timings_in_both_streaming_calls(serve, engine: str) -> None:
     assert_timed([w for m in live for w in m.word_timings], TURN_TEXT, wav_seconds(live))
     for m in live:  # each word comes with the span that says it
         assert all(w.word in m.span.text.split() for w in m.word_timings)
+
+
+async def test_server_shutdown_ends_a_turn_and_closes_the_provider_session(serve, emulator) -> None:
+    channel, voice_id = await serve(ELEVENLABS, grace_s=1.0)
+    call = live_call(channel)
+    await call.write(start(voice_id))
+    for fragment in FIRST_FRAGMENTS + REST_FRAGMENTS:
+        await call.write(text(fragment))
+    await read(call)  # speaking, and the client never sends `end`
+    await asyncio.wait_for(serve.stop_last(), WAIT_S)  # SIGTERM's path: drain, then stop
+    error = await failure(call)
+    assert error.code() in (grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE)
+    closed = await asyncio.to_thread(
+        emulator.state.live.wait_for,
+        lambda records: bool(records) and not any(r.open for r in records),
+        WAIT_S,
+    )
+    assert closed, emulator.state.live.snapshot(ELEVENLABS)
