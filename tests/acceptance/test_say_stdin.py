@@ -67,3 +67,5 @@ def test_say_wants_text_or_stdin() -> None:
     for args in ([], ["--stdin", "some text"]):
         result = CliRunner().invoke(cli, ["say", "--voice", "v_x", "-o", "x.wav", *args])
         assert result.exit_code == 2 and "TEXT or --stdin" in result.output
+    result = CliRunner().invoke(cli, ["say", "--voice", "v_x", "-o", "-", "--stdin", "--seed", "3"])
+    assert result.exit_code == 2 and "--seed" in result.output

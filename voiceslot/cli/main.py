@@ -189,6 +189,8 @@ def say(
     into an audio file."""
     if from_stdin == (text is not None):
         raise click.UsageError("give TEXT or --stdin, one of them")
+    if from_stdin and seed:
+        raise click.UsageError("--seed does not apply to --stdin (a live turn has no seed)")
     to_stdout = str(out) == "-"
     started = time.perf_counter()
     first_chunk_s = None
