@@ -93,9 +93,19 @@ def decayed(freq: float, dt: float) -> float:
     return freq * 0.5 ** (max(dt, 0.0) / HALF_LIFE_S)
 
 
-def observe(u: VoiceUsage, last_used_at: float | None, now: float) -> VoiceUsage:
+def window(age: float) -> float:
+    """Seconds a decayed count spans after ``age`` seconds of history: ``TAU_S`` once
+    the history is old, less before (a count still filling up is not a low rate)."""
+    return max(TAU_S * -math.expm1(-max(age, 0.0) / TAU_S), 1.0)
+
+
+def observe(
+    u: VoiceUsage, last_used_at: float | None, now: float, *, created_at: float | None = None
+) -> VoiceUsage:
     """The counters after a request at ``now`` (seconds) for a voice last used at
-    ``last_used_at``."""
+    ``last_used_at``, registered at ``created_at`` (its history cannot be older: the
+    rate that says how many of its burst starts independent traffic explains is counted
+    over that window; None: a settled window)."""
     if u.requests == 0 or last_used_at is None:
         return VoiceUsage(1.0, 1, 0, 1, u.sessions, u.expected, u.gap_sum)
     gap = max(now - last_used_at, 0.0)
@@ -110,7 +120,8 @@ def observe(u: VoiceUsage, last_used_at: float | None, now: float) -> VoiceUsage
             u.expected,
             u.gap_sum + gap,
         )
-    expected = -math.expm1(-before / TAU_S * SESSION_GAP_S)
+    span = window(now - created_at) if created_at is not None else TAU_S
+    expected = -math.expm1(-before / span * SESSION_GAP_S)
     return VoiceUsage(
         before + 1.0, u.requests + 1, u.continued, 1, u.sessions, u.expected + expected, u.gap_sum
     )
@@ -119,8 +130,7 @@ def observe(u: VoiceUsage, last_used_at: float | None, now: float) -> VoiceUsage
 def rate_window(shape: SessionShape, now: float) -> float:
     """Seconds a decayed count spans: ``TAU_S`` once the provider has run for a while,
     less before (so early rates are not underestimated against the session terms)."""
-    age = now - shape.since if shape.since is not None else 0.0
-    return max(TAU_S * -math.expm1(-max(age, 0.0) / TAU_S), 1.0)
+    return window(now - shape.since if shape.since is not None else 0.0)
 
 
 def session_prior(shape: SessionShape) -> tuple[float, float]:

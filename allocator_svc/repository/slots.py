@@ -55,7 +55,10 @@ def usage_touch(now: Any, *, postgres: bool) -> dict[str, ColumnElement[Any]]:
     first = or_(v.use_requests == 0, v.last_used_at.is_(None))
     cont = and_(~first, gap < SESSION_GAP_S)
     before = v.use_freq * func.power(0.5, gap / HALF_LIFE_S)
-    start_continued = -func.exp(-before / TAU_S * SESSION_GAP_S) + 1.0
+    age = _seconds_since(now, v.created_at, postgres=postgres)
+    span = TAU_S * (1.0 - func.exp(-case((age > 0, age), else_=literal(0.0)) / TAU_S))
+    span = case((span > 1.0, span), else_=literal(1.0))
+    start_continued = -func.exp(-before / span * SESSION_GAP_S) + 1.0
     return {
         "use_freq": case((first, literal(1.0)), else_=before + 1.0),
         "use_requests": v.use_requests + 1,

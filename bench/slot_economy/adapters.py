@@ -133,10 +133,6 @@ class ProductDefault(_Base):
 
     def observe(self, index: int, request: Request) -> None:
         v, now = request.voice, request.t
-        before = self.usage.get(v, usage.VoiceUsage())
-        after = usage.observe(before, self._last_used_at(v, now), now)
-        self.usage[v] = after
-        self.shape = self.shape.add(before, after)
         if self.shape.since is None:
             self.shape = usage.SessionShape(
                 self.shape.starts,
@@ -146,6 +142,11 @@ class ProductDefault(_Base):
                 self.shape.gap_n,
                 now,
             )
+        before = self.usage.get(v, usage.VoiceUsage())
+        # Every voice was registered when the provider's history began (``since``).
+        after = usage.observe(before, self._last_used_at(v, now), now, created_at=self.shape.since)
+        self.usage[v] = after
+        self.shape = self.shape.add(before, after)
         self.granted_at[v] = now
         self.released_at[v] = max(self.released_at.get(v, now), now + request.lease)
         self._residents.pop(v, None)

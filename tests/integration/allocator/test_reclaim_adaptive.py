@@ -37,7 +37,7 @@ async def test_each_lease_grant_moves_the_statistics_as_the_domain_rule_says(
     last: float | None = None
     for t in times:
         await use(repo, voice, t)  # grant at t, release at t: last_used_at = t
-        expected = observe(expected, last, at(t).timestamp())
+        expected = observe(expected, last, at(t).timestamp(), created_at=at(0).timestamp())
         last = at(t).timestamp()
     got = await usage(repo, voice.id)
     assert (
