@@ -47,6 +47,9 @@ class VoiceRow(Base):
     use_sessions: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     use_expected: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
     use_gap_sum: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
+    # The latest request (lease granted): session gaps count from here, across a clone
+    # (completing one moves last_used_at, which is no request).
+    use_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
 
     __table_args__ = (
         Index("ix_voices_provider_state", "provider", "state"),

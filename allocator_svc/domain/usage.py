@@ -21,8 +21,10 @@ Per voice (``VoiceUsage``):
 
 Provider-wide (``SessionShape``): the sums of those counters over the provider's voices,
 one aggregate query when a reclaim is decided; nothing is written per provider on the
-hot path. Gaps are counted from ``last_used_at``, which the lease grant and the lease's
-release both set: the time since the user last finished, not since they started.
+hot path. Gaps between requests are counted from the previous request (``use_at``: a
+clone completing moves ``last_used_at`` but is no request); how long a voice has sat idle
+is counted from ``last_used_at``, which the lease's release sets: the time since the
+user last finished.
 """
 
 from __future__ import annotations
@@ -100,15 +102,15 @@ def window(age: float) -> float:
 
 
 def observe(
-    u: VoiceUsage, last_used_at: float | None, now: float, *, created_at: float | None = None
+    u: VoiceUsage, last_request: float | None, now: float, *, created_at: float | None = None
 ) -> VoiceUsage:
-    """The counters after a request at ``now`` (seconds) for a voice last used at
-    ``last_used_at``, registered at ``created_at`` (its history cannot be older: the
-    rate that says how many of its burst starts independent traffic explains is counted
-    over that window; None: a settled window)."""
-    if u.requests == 0 or last_used_at is None:
+    """The counters after a request at ``now`` (seconds) for a voice last requested at
+    ``last_request`` (the voices table's ``use_at``), registered at ``created_at`` (its
+    history cannot be older: the rate that says how many of its burst starts
+    independent traffic explains is counted over that window; None: a settled window)."""
+    if u.requests == 0 or last_request is None:
         return VoiceUsage(1.0, 1, 0, 1, u.sessions, u.expected, u.gap_sum)
-    gap = max(now - last_used_at, 0.0)
+    gap = max(now - last_request, 0.0)
     before = decayed(u.freq, gap)
     if gap < SESSION_GAP_S:
         return VoiceUsage(

@@ -50,9 +50,9 @@ def usage_touch(now: Any, *, postgres: bool) -> dict[str, ColumnElement[Any]]:
     the statistics move in the same statement, no read first. ``now`` is the grant's
     time parameter."""
     v = VoiceRow
-    dt = _seconds_since(now, v.last_used_at, postgres=postgres)
+    dt = _seconds_since(now, v.use_at, postgres=postgres)
     gap = case((dt > 0, dt), else_=literal(0.0))
-    first = or_(v.use_requests == 0, v.last_used_at.is_(None))
+    first = or_(v.use_requests == 0, v.use_at.is_(None))
     cont = and_(~first, gap < SESSION_GAP_S)
     before = v.use_freq * func.power(0.5, gap / HALF_LIFE_S)
     age = _seconds_since(now, v.created_at, postgres=postgres)
@@ -60,6 +60,7 @@ def usage_touch(now: Any, *, postgres: bool) -> dict[str, ColumnElement[Any]]:
     span = case((span > 1.0, span), else_=literal(1.0))
     start_continued = -func.exp(-before / span * SESSION_GAP_S) + 1.0
     return {
+        "use_at": now,
         "use_freq": case((first, literal(1.0)), else_=before + 1.0),
         "use_requests": v.use_requests + 1,
         "use_continued": v.use_continued + case((cont, 1), else_=0),

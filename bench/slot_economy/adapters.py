@@ -11,9 +11,9 @@ allocator's default configuration.
   through ``Adaptive.decide``, the seconds-valued core its ``choose`` calls (datetimes
   for a few hundred thousand decisions would only slow the replay). As the voices table
   would, it keeps each voice's ``VoiceUsage`` (moved by ``domain.usage.observe`` on every
-  request, as the lease grant's UPDATE moves it), its ``last_used_at`` (set at the grant
-  and again at the lease's end), and the provider's ``SessionShape`` (the sums the
-  reclaim decision reads).
+  request, as the lease grant's UPDATE moves it), its ``use_at`` (the latest request)
+  and ``last_used_at`` (set at the grant and again at the lease's end), and the
+  provider's ``SessionShape`` (the sums the reclaim decision reads).
 - ``ProductLRU`` drives ``allocator_svc.domain.reclaim.LeastRecentlyUsed`` (the ``lru``
   setting) through ``choose``, exactly as the dispatcher calls it: ``SlotCandidate``
   rows, a ``ProviderPressure``, ``now`` as an aware datetime.
@@ -144,7 +144,7 @@ class ProductDefault(_Base):
             )
         before = self.usage.get(v, usage.VoiceUsage())
         # Every voice was registered when the provider's history began (``since``).
-        after = usage.observe(before, self._last_used_at(v, now), now, created_at=self.shape.since)
+        after = usage.observe(before, self.granted_at.get(v), now, created_at=self.shape.since)
         self.usage[v] = after
         self.shape = self.shape.add(before, after)
         self.granted_at[v] = now

@@ -11,12 +11,13 @@ import pytest
 from sqlalchemy import select
 
 from allocator_svc.domain.adaptive import Adaptive
+from allocator_svc.domain.states import EventReason
 from allocator_svc.domain.usage import VoiceUsage, observe
 from allocator_svc.models import VoiceRow
 from allocator_svc.repository import AllocatorRepository
 from allocator_svc.repository.slots import usage_of
 
-from .conftest import add_voice, at, claim, ensure_params
+from .conftest import add_voice, at, claim, ensure_params, make_ready
 from .test_reclaim import fill, use
 
 ADAPTIVE = Adaptive(min_residency=timedelta(0), max_wait_s=30.0)
@@ -107,3 +108,24 @@ async def test_a_session_that_went_quiet_is_evicted_without_waiting_out_the_boun
     # Sessions here pause ~5 s between requests: 20 s of silence means it is over.
     result = await claim(repo, at(10_020), reclaim_policy=ADAPTIVE)
     assert [t.voice_id for t in result.reclaims] == [talker.id]
+
+
+async def test_the_gap_between_two_requests_spans_a_clone_between_them(
+    repo: AllocatorRepository,
+):
+    (voice,) = await fill(repo, 1)
+    await use(repo, voice, 100.0)
+    target = await repo.begin_reclaim(
+        voice.id, EventReason.RECLAIMED_BY_ADMIN, at(101), force=False
+    )
+    await repo.finish_reclaim(target, at(102), deleted=True)
+    # Asked for again at 110: queued, cloned, READY at 130 (which moves last_used_at).
+    await repo.ensure_active(ensure_params(voice.id), at(110))
+    (c,) = (await claim(repo, at(111))).claims
+    await make_ready(repo, c, at(130))
+    await use(repo, voice, 131.0)
+    got = await usage(repo, voice.id)
+    # 31 s after the previous request: within the session gap, and the gap is 31 s, not
+    # the 1 s since the clone completed.
+    assert (got.requests, got.continued) == (2, 1)
+    assert got.gap_sum == pytest.approx(31.0, abs=1e-3)  # SQLite: julianday arithmetic
