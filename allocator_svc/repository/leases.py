@@ -27,7 +27,6 @@ from sqlalchemy import (
     bindparam,
     cast,
     delete,
-    exists,
     func,
     insert,
     literal,
@@ -118,15 +117,17 @@ class _Grant:
             )
         ).cte("req")
         # Voices are locked in id order: two batches (or a batch and a reclaim, which
-        # locks in id order too) cannot deadlock.
+        # locks in id order too) cannot deadlock. A join driven by the requests, not a
+        # semi-join of the voices: the planner scanned every READY voice for the latter
+        # (28 ms at 50,000). A voice asked for twice is locked once and touched once.
         locked = (
             select(VoiceRow.id)
-            .where(
-                VoiceRow.state == S.READY.value,
-                exists().where(
-                    pg_req.c.voice_id == VoiceRow.id, _owner_ok(pg_req.c.owner, VoiceRow.owner)
-                ),
+            .join_from(
+                pg_req,
+                VoiceRow,
+                and_(VoiceRow.id == pg_req.c.voice_id, _owner_ok(pg_req.c.owner, VoiceRow.owner)),
             )
+            .where(VoiceRow.state == S.READY.value)
             .order_by(VoiceRow.id)
             .with_for_update(of=VoiceRow)
             .cte("locked")
