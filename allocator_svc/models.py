@@ -126,6 +126,26 @@ class AllocationTurnRow(Base):
     last_claimed_at: Mapped[datetime] = mapped_column(UtcDateTime)
 
 
+class QueueStandingRow(Base):
+    """Each user's standing in the fair order at each provider: slots held (voices in
+    ``SLOT_HOLDING``) and allocation requests queued.
+
+    A cached aggregate of ``voices`` and ``allocation_requests``, kept exact by triggers
+    in the database (migration a0005), never written by the allocator itself: the fair
+    order reads it instead of counting both tables on every dispatch round.
+    """
+
+    __tablename__ = "queue_standing"
+
+    provider: Mapped[str] = mapped_column(String(40), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(128), primary_key=True)
+    held: Mapped[int] = mapped_column(Integer)
+    queued: Mapped[int] = mapped_column(Integer)
+
+    # The fair order reads the users waiting at a provider in order of slots held.
+    __table_args__ = (Index("ix_queue_standing_provider_held", "provider", "held", "owner"),)
+
+
 class LeaseRow(Base):
     __tablename__ = "leases"
 
