@@ -193,3 +193,77 @@ def write_result(name: str, result: dict[str, Any]) -> Path:
     }
     path.write_text(json.dumps(result, indent=2) + "\n")
     return path
+
+
+# -- the large size: a deployment with history --------------------------------------------
+
+LARGE_VOICES = 100_000
+LARGE_QUEUED = 50_000
+LARGE_USERS = 5_000
+
+
+async def seed_backlog(
+    url: str,
+    *,
+    provider: str,
+    voices: int = LARGE_VOICES,
+    queued: int = LARGE_QUEUED,
+    users: int = LARGE_USERS,
+    sample_key: str = "samples/bench.wav",
+    due: bool = True,
+) -> int:
+    """Fill an allocator database (PostgreSQL) with other users' history at ``provider``:
+    ``voices`` registered voices of ``users`` users, of which ``queued`` wait for a slot
+    (each with its due allocation request) and the rest hold one (READY, used earlier,
+    pinned by their owners so that reclaim weighs them and leaves them). Returns the
+    slots they hold, to add to the provider's capacity.
+
+    These users each already hold slots, so the fair order places their requests *behind*
+    those of the benchmark's own users (who hold none): the benchmark's calls run with the
+    queue, the fair order, positions and reclaim candidates all looking at these rows,
+    without the backlog's own allocations being what is measured. With ``due=False`` the
+    requests wait out a retry delay (a day) instead, so a running dispatcher leaves them
+    alone. One ``INSERT ... SELECT`` per table (``generate_series``): seconds, not
+    minutes."""
+    from sqlalchemy import text
+
+    from voiceslot.db import create_engine
+
+    held = voices - queued
+    engine = create_engine(url)
+    async with engine.begin() as conn:
+        await conn.execute(
+            text(
+                "INSERT INTO voices (id, owner, display_name, provider, language, state,"
+                " generation, provider_voice_id, pinned, sample_key, sample_sha256,"
+                " sample_bytes, last_error, created_at, updated_at, state_changed_at,"
+                " last_used_at)"
+                " SELECT 'vbulk' || i, 'bulk' || (i % :users), 'bulk', :provider, 'en',"
+                " CASE WHEN i < :held THEN 'ready' ELSE 'queued' END, 1,"
+                " CASE WHEN i < :held THEN 'r-bulk' || i END, i < :held, :sample, :sha, 17, '',"
+                " now() - interval '1 day', now() - interval '1 hour',"
+                " now() - interval '1 hour', now() - interval '1 hour' * (1 + i % 24)"
+                " FROM generate_series(0, :n - 1) AS i"
+            ),
+            {
+                "users": users,
+                "provider": provider,
+                "held": held,
+                "sample": sample_key,
+                "sha": "0" * 64,
+                "n": voices,
+            },
+        )
+        await conn.execute(
+            text(
+                "INSERT INTO allocation_requests (voice_id, owner, provider, priority, state,"
+                " attempts, run_at, idempotency_key, last_error, created_at, updated_at)"
+                " SELECT id, owner, provider, 0, 'queued', 0, now() + :delay * interval '1 second',"
+                " id || :suffix, '', now() - interval '1 hour', now() - interval '1 hour'"
+                " FROM voices WHERE state = 'queued' AND id LIKE 'vbulk%'"
+            ),
+            {"suffix": ":q1", "delay": -3600 if due else 86400},
+        )
+        await conn.execute(text("ANALYZE"))
+    await engine.dispose()
+    return held
