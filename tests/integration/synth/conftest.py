@@ -45,7 +45,12 @@ def emulator_settings(
     ``make_settings`` takes them."""
 
     def factory(
-        *, lease_ttl_s: float = 60.0, capacity: int = 5, idle_reclaim_after_s: float = 900.0, **kw
+        *,
+        lease_ttl_s: float = 60.0,
+        capacity: int = 5,
+        idle_reclaim_after_s: float = 900.0,
+        reclaim_max_wait_s: float = 30.0,
+        **kw: Any,
     ) -> Settings:
         return make_settings(
             providers=(emulator.provider_config("elevenlabs", name=ELEVEN, capacity=capacity),),
@@ -56,6 +61,7 @@ def emulator_settings(
                 dispatch_interval_s=0.1,
                 default_lease_ttl_s=lease_ttl_s,
                 idle_reclaim_after_s=idle_reclaim_after_s,
+                reclaim_max_wait_s=reclaim_max_wait_s,
             ),
             **kw,
         )

@@ -53,8 +53,12 @@ async def voice_state(channel, voice_id: str) -> int:
 @pytest.fixture
 async def full_provider(start_runtime, open_channel, sample_wav):
     """(channel, the voice holding the only slot, a registered voice that must queue)."""
-    # Idle voices become evictable after 0.2 s: only the pin or a lease keeps the slot.
-    channel = open_channel(await start_runtime(capacity=1, idle_reclaim_after_s=0.2))
+    # Idle voices become evictable after 0.2 s: only the pin or a lease keeps the slot
+    # (and, once a lease ends, the reclaim policy's bounded wait for the holder's session
+    # to go on: 1 s here).
+    channel = open_channel(
+        await start_runtime(capacity=1, idle_reclaim_after_s=0.2, reclaim_max_wait_s=1.0)
+    )
     holder = await register(channel, auth(BOB_KEY), sample_wav, name="holder")
     ready = await ensure_ready(channel, auth(BOB_KEY), holder.voice_id)
     stub = allocator_pb2_grpc.AllocatorServiceStub(channel)

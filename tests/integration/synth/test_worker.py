@@ -155,9 +155,12 @@ async def test_two_workers_share_a_job_without_rendering_anything_twice(make_rep
     repo = make_repo()
     job = await new_job(repo, texts)
     engine = ScriptedSynthesizer()
+    engine.gate.clear()  # every render waits: one worker cannot finish before the other starts
     a, b = make_worker(engine, name="a", slots=3), make_worker(engine, name="b", slots=3)
     a.start(), b.start()
     try:
+        await eventually(lambda: both_hold_items(repo, job.id), timeout=30, what="both busy")
+        engine.gate.set()
         done = await eventually(lambda: finished(repo, job.id), timeout=30, what="job done")
     finally:
         await asyncio.gather(a.stop(), b.stop())
@@ -167,6 +170,10 @@ async def test_two_workers_share_a_job_without_rendering_anything_twice(make_rep
     assert all(i.state == ItemState.SUCCEEDED and i.attempts == 1 for i in items)
     holders = await claimed_by(repo, job.id)
     assert set(holders.values()) == {"a", "b"}, "both replicas took part"
+
+
+async def both_hold_items(repo: JobRepository, job_id: str) -> bool:
+    return set((await claimed_by(repo, job_id)).values()) >= {"a", "b"}
 
 
 async def claimed_by(repo: JobRepository, job_id: str) -> dict[str, str | None]:
