@@ -43,8 +43,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import ROOT, spawn, stop, write_result  # noqa: E402
-from synth_stream import KEY, provider_config, server_config  # noqa: E402
+from _common import ROOT, write_result  # noqa: E402
+from synth_stream import served_voice  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
 
@@ -69,123 +69,77 @@ def fragments(sentence: str) -> list[str]:
 async def bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     import grpc
 
-    from voiceslot.providers.base import CloneRequest, LiveRequest
+    from voiceslot.providers.base import LiveRequest
     from voiceslot.providers.live import open_live
-    from voiceslot.providers.registry import build_provider
-    from voiceslot.storage.local import LocalStorage
-    from voiceslot.testing.emulator import ProviderEmulator
-    from voiceslot.testing.samples import make_sample_wav
-    from voiceslot.v1 import allocator_pb2 as apb
-    from voiceslot.v1 import allocator_pb2_grpc, synthesizer_pb2_grpc
     from voiceslot.v1 import synthesizer_pb2 as spb
+    from voiceslot.v1 import synthesizer_pb2_grpc
 
-    emu = None
-    model_dir = args.model_dir
-    if args.engine == "emulator":
-        emu = ProviderEmulator().start()
-        emu.state.faults.set_latency(args.latency_ms / 1000)
-        emu.state.configure_account("elevenlabs", "el-emulator-key", max_concurrency=None)
-    elif model_dir is None:
-        from voiceslot.testing.tiny_models import build_tiny_xtts
+    async with served_voice(args, work) as served:
+        engine, remote, md = served.engine, served.remote, served.metadata
+        synth = synthesizer_pb2_grpc.SynthesizerServiceStub(served.channel)
+        rng = random.Random(SEED)
 
-        model_dir = build_tiny_xtts(work / "tiny-xtts")
-    config = provider_config(args, model_dir, emu)
-    sample = make_sample_wav(seconds=3.0)
-    proc, port = spawn(
-        [sys.executable, "-m", "voiceslot", "--config", str(server_config(work, config)), "serve"],
-        log=work / "server.log",
-        env={"OMP_NUM_THREADS": str(args.torch_threads)},
-    )
-    engine = build_provider(config, storage=LocalStorage(work / "inproc"))
-    md = (("authorization", f"Bearer {KEY}"),)
-    rng = random.Random(SEED)
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            alloc = allocator_pb2_grpc.AllocatorServiceStub(channel)
-            synth = synthesizer_pb2_grpc.SynthesizerServiceStub(channel)
-            requests = [
-                apb.RegisterVoiceRequest(metadata=apb.RegisterVoiceMetadata(display_name="b")),
-                apb.RegisterVoiceRequest(sample_chunk=sample),
-            ]
-            voice = (await alloc.RegisterVoice(iter(requests), metadata=md)).voice
-            while True:
-                ready = await alloc.EnsureActiveVoice(
-                    apb.EnsureActiveVoiceRequest(voice_id=voice.voice_id), metadata=md
-                )
-                if ready.HasField("ready"):
-                    break
-                await asyncio.sleep(0.05)
-            await alloc.ReleaseLease(
-                apb.ReleaseLeaseRequest(lease_id=ready.ready.lease.lease_id), metadata=md
+        async def over_grpc(sentence: str) -> float:
+            """Seconds from sending the sentence's final fragment to its first audio."""
+            call = synth.SynthesizeLive(metadata=md)
+            await call.write(
+                spb.SynthesizeLiveRequest(start=spb.LiveStart(voice_id=served.voice_id))
             )
-            remote = await engine.clone(CloneRequest(label="vs-bench-g1", sample=sample))
+            await asyncio.sleep(args.ttft_ms / 1000)
+            *words, last = fragments(sentence)
+            for word in words:
+                await call.write(spb.SynthesizeLiveRequest(text=word))
+                await asyncio.sleep(args.gap_ms / 1000)
+            sent = time.perf_counter()
+            await call.write(spb.SynthesizeLiveRequest(text=last))
+            await call.write(spb.SynthesizeLiveRequest(text=NEXT_SENTENCE))
+            await call.write(spb.SynthesizeLiveRequest(end=spb.LiveEnd()))
+            await call.done_writing()
+            first = await call.read()
+            waited = time.perf_counter() - sent
+            assert first is not grpc.aio.EOF and first.span.text == sentence, first
+            while await call.read() is not grpc.aio.EOF:
+                pass
+            return waited
 
-            async def over_grpc(sentence: str) -> float:
-                """Seconds from sending the sentence's final fragment to its first audio."""
-                call = synth.SynthesizeLive(metadata=md)
-                await call.write(
-                    spb.SynthesizeLiveRequest(start=spb.LiveStart(voice_id=voice.voice_id))
-                )
-                await asyncio.sleep(args.ttft_ms / 1000)
-                *words, last = fragments(sentence)
-                for word in words:
-                    await call.write(spb.SynthesizeLiveRequest(text=word))
-                    await asyncio.sleep(args.gap_ms / 1000)
+        async def in_process(sentence: str) -> float:
+            """Seconds from saying the sentence to its first audio, same engine."""
+            session = open_live(engine, LiveRequest(remote.provider_voice_id, language="en"))
+            try:
+                audio = aiter(session.audio())
                 sent = time.perf_counter()
-                await call.write(spb.SynthesizeLiveRequest(text=last))
-                await call.write(spb.SynthesizeLiveRequest(text=NEXT_SENTENCE))
-                await call.write(spb.SynthesizeLiveRequest(end=spb.LiveEnd()))
-                await call.done_writing()
-                first = await call.read()
+                await session.say(sentence)
+                await anext(audio)
                 waited = time.perf_counter() - sent
-                assert first is not grpc.aio.EOF and first.span.text == sentence, first
-                while await call.read() is not grpc.aio.EOF:
+                await session.say(NEXT_SENTENCE.strip())
+                await session.end()
+                async for _ in audio:
                     pass
                 return waited
+            finally:
+                await session.aclose()
 
-            async def in_process(sentence: str) -> float:
-                """Seconds from saying the sentence to its first audio, same engine."""
-                session = open_live(engine, LiveRequest(remote.provider_voice_id, language="en"))
-                try:
-                    audio = aiter(session.audio())
-                    sent = time.perf_counter()
-                    await session.say(sentence)
-                    await anext(audio)
-                    waited = time.perf_counter() - sent
-                    await session.say(NEXT_SENTENCE.strip())
-                    await session.end()
-                    async for _ in audio:
-                        pass
-                    return waited
-                finally:
-                    await session.aclose()
-
-            await over_grpc(FIRST_SENTENCES[0]), await in_process(FIRST_SENTENCES[0])  # warm
-            runs = []
-            for run in range(args.runs):
-                grpc_s: list[float] = []
-                inproc_s: list[float] = []
-                for turn in range(args.turns):
-                    sentence = rng.choice(FIRST_SENTENCES)
-                    pair = [(grpc_s, over_grpc), (inproc_s, in_process)]
-                    for side, fn in pair if (run + turn) % 2 == 0 else reversed(pair):
-                        side.append(await fn(sentence))
-                # The delta of each pair (same sentence, back to back), then the median:
-                # steadier on a shared machine than the difference of two medians.
-                deltas = [1000 * (g - p) for g, p in zip(grpc_s, inproc_s, strict=True)]
-                runs.append(
-                    {
-                        "grpc_first_audio_ms": round(1000 * statistics.median(grpc_s), 1),
-                        "inproc_first_audio_ms": round(1000 * statistics.median(inproc_s), 1),
-                        "first_audio_delta_ms": round(statistics.median(deltas), 1),
-                    }
-                )
-                print(runs[-1], flush=True)
-    finally:
-        await engine.aclose()
-        stop(proc)
-        if emu is not None:
-            emu.stop()
+        await over_grpc(FIRST_SENTENCES[0]), await in_process(FIRST_SENTENCES[0])  # warm
+        runs = []
+        for run in range(args.runs):
+            grpc_s: list[float] = []
+            inproc_s: list[float] = []
+            for turn in range(args.turns):
+                sentence = rng.choice(FIRST_SENTENCES)
+                pair = [(grpc_s, over_grpc), (inproc_s, in_process)]
+                for side, fn in pair if (run + turn) % 2 == 0 else reversed(pair):
+                    side.append(await fn(sentence))
+            # The delta of each pair (same sentence, back to back), then the median:
+            # steadier on a shared machine than the difference of two medians.
+            deltas = [1000 * (g - p) for g, p in zip(grpc_s, inproc_s, strict=True)]
+            runs.append(
+                {
+                    "grpc_first_audio_ms": round(1000 * statistics.median(grpc_s), 1),
+                    "inproc_first_audio_ms": round(1000 * statistics.median(inproc_s), 1),
+                    "first_audio_delta_ms": round(statistics.median(deltas), 1),
+                }
+            )
+            print(runs[-1], flush=True)
 
     def median(key: str) -> float:
         return round(statistics.median(r[key] for r in runs), 1)

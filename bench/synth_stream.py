@@ -34,6 +34,7 @@ import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -113,18 +114,34 @@ def server_config(work: Path, provider: Any) -> Path:
     return path
 
 
-async def bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+@dataclass
+class Served:
+    """The engine both ways, with the same sample cloned on each side."""
+
+    engine: Any
+    """The engine in this process."""
+    remote: Any
+    """Its clone of the sample (``RemoteVoice``)."""
+    channel: Any
+    """A gRPC channel to ``voiceslot serve`` running the same engine."""
+    voice_id: str
+    """The served voice, READY."""
+    metadata: tuple[tuple[str, str], ...]
+
+
+@asynccontextmanager
+async def served_voice(args: argparse.Namespace, work: Path) -> AsyncIterator[Served]:
+    """Start ``voiceslot serve`` (its own process) and the same engine in this process,
+    register the sample there and clone it here; stop both after."""
     import grpc
 
-    from voiceslot.providers.base import CloneRequest, SynthesisRequest
+    from voiceslot.providers.base import CloneRequest
     from voiceslot.providers.registry import build_provider
     from voiceslot.storage.local import LocalStorage
     from voiceslot.testing.emulator import ProviderEmulator
     from voiceslot.testing.samples import make_sample_wav
-    from voiceslot.text import split_sentences
     from voiceslot.v1 import allocator_pb2 as apb
-    from voiceslot.v1 import allocator_pb2_grpc, synthesizer_pb2_grpc
-    from voiceslot.v1 import synthesizer_pb2 as spb
+    from voiceslot.v1 import allocator_pb2_grpc
 
     emu = None
     model_dir = args.model_dir
@@ -148,11 +165,10 @@ async def bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             alloc = allocator_pb2_grpc.AllocatorServiceStub(channel)
-            synth = synthesizer_pb2_grpc.SynthesizerServiceStub(channel)
             requests = [
-                apb.RegisterVoiceRequest(metadata=apb.RegisterVoiceMetadata(display_name="b"))
+                apb.RegisterVoiceRequest(metadata=apb.RegisterVoiceMetadata(display_name="b")),
+                apb.RegisterVoiceRequest(sample_chunk=sample),
             ]
-            requests.append(apb.RegisterVoiceRequest(sample_chunk=sample))
             voice = (await alloc.RegisterVoice(iter(requests), metadata=md)).voice
             while True:
                 ready = await alloc.EnsureActiveVoice(
@@ -165,60 +181,73 @@ async def bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 apb.ReleaseLeaseRequest(lease_id=ready.ready.lease.lease_id), metadata=md
             )
             remote = await engine.clone(CloneRequest(label="vs-bench-g1", sample=sample))
-            sentences = split_sentences(TEXT, max_chars=240)
-
-            def grpc_audio_s(messages: list[Any]) -> float:
-                rate = messages[0].format.sample_rate_hz
-                return (sum(len(m.audio_chunk) for m in messages) - WAV_HEADER) / 2 / rate
-
-            def pcm_audio_s(pieces: list[Any]) -> float:
-                return sum(p.duration_s for p in pieces)
-
-            async def over_grpc() -> Stream:
-                call = synth.SynthesizeStream(
-                    spb.SynthesizeStreamRequest(voice_id=voice.voice_id, text=TEXT, seed=SEED),
-                    metadata=md,
-                )
-                return await timed(call, grpc_audio_s)
-
-            async def in_process() -> Stream:
-                async def pcm() -> AsyncIterator[Any]:
-                    for sentence in sentences:
-                        async for piece in engine.synthesize_stream(
-                            SynthesisRequest(
-                                remote.provider_voice_id, sentence, language="en", seed=SEED
-                            )
-                        ):
-                            yield piece
-
-                return await timed(pcm(), pcm_audio_s)
-
-            await over_grpc(), await in_process()  # warm both (models, caches, connections)
-            runs = []
-            for run in range(args.runs):
-                # Interleaved stream by stream (alternating which side goes first), so a
-                # burst of load from elsewhere on the machine hits both sides alike.
-                g, p = Side([]), Side([])
-                for i in range(args.streams):
-                    pair = [(g, over_grpc), (p, in_process)]
-                    for side, fn in pair if (run + i) % 2 == 0 else reversed(pair):
-                        side.streams.append(await fn())
-                runs.append(
-                    {
-                        "grpc_audio_s_per_s": round(g.throughput, 3),
-                        "inproc_audio_s_per_s": round(p.throughput, 3),
-                        "ratio": round(g.throughput / p.throughput, 3),
-                        "grpc_first_chunk_ms": round(g.first_chunk_ms, 1),
-                        "inproc_first_chunk_ms": round(p.first_chunk_ms, 1),
-                        "first_chunk_delta_ms": round(g.first_chunk_ms - p.first_chunk_ms, 1),
-                    }
-                )
-                print(runs[-1], flush=True)
+            yield Served(engine, remote, channel, voice.voice_id, md)
     finally:
         await engine.aclose()
         stop(proc)
         if emu is not None:
             emu.stop()
+
+
+async def bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+
+    from voiceslot.providers.base import SynthesisRequest
+    from voiceslot.text import split_sentences
+    from voiceslot.v1 import synthesizer_pb2 as spb
+    from voiceslot.v1 import synthesizer_pb2_grpc
+
+    async with served_voice(args, work) as served:
+        engine, remote, md = served.engine, served.remote, served.metadata
+        synth = synthesizer_pb2_grpc.SynthesizerServiceStub(served.channel)
+        sentences = split_sentences(TEXT, max_chars=240)
+
+        def grpc_audio_s(messages: list[Any]) -> float:
+            rate = messages[0].format.sample_rate_hz
+            return (sum(len(m.audio_chunk) for m in messages) - WAV_HEADER) / 2 / rate
+
+        def pcm_audio_s(pieces: list[Any]) -> float:
+            return sum(p.duration_s for p in pieces)
+
+        async def over_grpc() -> Stream:
+            call = synth.SynthesizeStream(
+                spb.SynthesizeStreamRequest(voice_id=served.voice_id, text=TEXT, seed=SEED),
+                metadata=md,
+            )
+            return await timed(call, grpc_audio_s)
+
+        async def in_process() -> Stream:
+            async def pcm() -> AsyncIterator[Any]:
+                for sentence in sentences:
+                    async for piece in engine.synthesize_stream(
+                        SynthesisRequest(
+                            remote.provider_voice_id, sentence, language="en", seed=SEED
+                        )
+                    ):
+                        yield piece
+
+            return await timed(pcm(), pcm_audio_s)
+
+        await over_grpc(), await in_process()  # warm both (models, caches, connections)
+        runs = []
+        for run in range(args.runs):
+            # Interleaved stream by stream (alternating which side goes first), so a
+            # burst of load from elsewhere on the machine hits both sides alike.
+            g, p = Side([]), Side([])
+            for i in range(args.streams):
+                pair = [(g, over_grpc), (p, in_process)]
+                for side, fn in pair if (run + i) % 2 == 0 else reversed(pair):
+                    side.streams.append(await fn())
+            runs.append(
+                {
+                    "grpc_audio_s_per_s": round(g.throughput, 3),
+                    "inproc_audio_s_per_s": round(p.throughput, 3),
+                    "ratio": round(g.throughput / p.throughput, 3),
+                    "grpc_first_chunk_ms": round(g.first_chunk_ms, 1),
+                    "inproc_first_chunk_ms": round(p.first_chunk_ms, 1),
+                    "first_chunk_delta_ms": round(g.first_chunk_ms - p.first_chunk_ms, 1),
+                }
+            )
+            print(runs[-1], flush=True)
 
     def median(key: str) -> float:
         return round(statistics.median(r[key] for r in runs), 3)
