@@ -51,7 +51,7 @@ def spawn(args: list[str], *, log: Path, env: dict[str, str] | None = None) -> t
     profile_dir = os.environ.get("VOICESLOT_BENCH_PROFILE")
     if profile_dir and args[0] == sys.executable:
         out = Path(profile_dir) / f"{log.stem}.prof"
-        args = [sys.executable, "-m", "cProfile", "-o", str(out), *args[1:]]
+        args = [sys.executable, str(Path(__file__).with_name("_profiled.py")), str(out), *args[1:]]
     with open(log, "w") as err:
         proc = subprocess.Popen(
             args, stdout=subprocess.PIPE, stderr=err, text=True, env={**os.environ, **(env or {})}
