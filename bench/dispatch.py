@@ -173,7 +173,8 @@ def start_procs(args: list[list[str]], logs: Path) -> list[subprocess.Popen[str]
     for i, cmd in enumerate(args):
         if profile_dir:
             out = Path(profile_dir) / f"{Path(cmd[1]).stem}-{cmd[2].strip('-')}-{i}.prof"
-            cmd = [sys.executable, "-m", "cProfile", "-o", str(out), *cmd[1:]]
+            wrapper = str(Path(__file__).with_name("_profiled.py"))
+            cmd = [sys.executable, wrapper, str(out), *cmd[1:]]
         with open(logs / f"proc{i}.log", "w") as err:
             procs.append(
                 subprocess.Popen(

@@ -40,6 +40,7 @@ from allocator_svc.records import (
     ReclaimTarget,
 )
 from allocator_svc.repository._base import S, insert_event_from, transition
+from allocator_svc.repository.claim_sql import CLAIM
 from allocator_svc.repository.providers import breaker_of, slots_used
 from allocator_svc.repository.queue import QueueRepository
 from allocator_svc.repository.slots import SlotsRepository
@@ -212,14 +213,17 @@ class ClaimsRepository(QueueRepository, SlotsRepository):
                 may_start = min(may_start, admitted)
             claims: list[Claim] = []
             if may_start and backlog:
-                owners = set()
-                for req_id in await self._fair_order(s, provider, now, may_start):
-                    claimed = await self._claim_one(s, req_id, now, allocation_timeout)
-                    if claimed is not None:
-                        claims.append(claimed[0])
-                        owners.add(claimed[1])
-                if owners:
-                    await self._take_turns(s, provider, sorted(owners), now)
+                wanted = [
+                    (req_id, uuid.uuid4().hex)
+                    for req_id in await self._fair_order(s, provider, now, may_start)
+                ]
+                taken = await CLAIM.take(
+                    await s.connection(), wanted, now, now + allocation_timeout
+                )
+                claims = [claim for claim, _ in taken]
+                if taken:
+                    owners = sorted({owner for _, owner in taken})
+                    await self._take_turns(s, provider, owners, now)
             if claims:
                 spent = bucket.spend(tokens, len(claims), now)
                 prov.tokens, prov.tokens_at = spent.tokens, spent.at
@@ -279,34 +283,6 @@ class ClaimsRepository(QueueRepository, SlotsRepository):
                 set_={"last_claimed_at": now},
             )
         )
-
-    async def _claim_one(
-        self, s: AsyncSession, req_id: int, now: datetime, allocation_timeout: timedelta
-    ) -> tuple[Claim, str] | None:
-        """Take one queued request (and its voice) in the claim's transaction: (the claim,
-        its owner), or None if either moved on meanwhile."""
-        req = await s.get(AllocationRequestRow, req_id, with_for_update=True)
-        voice = await s.get(VoiceRow, req.voice_id, with_for_update=True) if req else None
-        if req is None or voice is None or req.state != "queued" or voice.state != S.QUEUED.value:
-            return None
-        token = uuid.uuid4().hex
-        req.state, req.lease_token = "leased", token
-        req.lease_expires_at = now + allocation_timeout
-        req.attempts += 1
-        req.updated_at = now
-        # The generation (and so the remote label) stays as it is: a clone of an earlier
-        # attempt may yet complete at the provider, and this attempt must find it by the
-        # same label. It moves on only once a remote copy is confirmed deleted.
-        voice.allocation_token = token
-        transition(
-            s,
-            voice,
-            S.ALLOCATING,
-            EventReason.ALLOCATION_STARTED,
-            now,
-            message=f"attempt {req.attempts}",
-        )
-        return in_flight_claim(req, voice), req.owner
 
     async def complete_allocation(
         self,
