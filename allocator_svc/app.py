@@ -69,6 +69,7 @@ class AllocatorApp:
 
     async def stop(self, *, grace_s: float = 10.0) -> None:
         await self.allocator.stop(grace_s=grace_s)
+        await self.allocator.repo.aclose()
         await self.engine.dispose()
         if self.hot_engine is not None:
             await self.hot_engine.dispose()

@@ -72,17 +72,39 @@ _CONNECTION_LOST = (
 
 _CONFLICTS = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
 
+# What asyncpg raises itself, for statements run on its own connection (the allocator's
+# lease hot path, ``allocator_svc.repository._driver``), not wrapped by SQLAlchemy.
+_DRIVER_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError)
+
+
+def _database_error_chain(exc: BaseException) -> list[BaseException]:
+    """``exc`` and what caused it, when ``exc`` is a database error (SQLAlchemy's wrapper
+    or the driver's own); empty for any other error, which says nothing about the
+    database however it was caused."""
+    if not isinstance(exc, (sa_exc.DBAPIError, *_DRIVER_ERRORS)):
+        return []
+    chain: list[BaseException] = []
+    cause: BaseException | None = exc
+    while cause is not None and len(chain) < 16:
+        chain.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    return chain
+
+
+def is_connection_lost(exc: BaseException) -> bool:
+    """Whether ``exc`` is a database error that says the connection itself is gone (a
+    restart, ``pg_terminate_backend``, a cut): the same statement may run again on a
+    fresh connection."""
+    if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
+        return True
+    return any(isinstance(c, _CONNECTION_LOST) for c in _database_error_chain(exc))
+
 
 def is_transaction_conflict(exc: BaseException) -> bool:
     """Whether PostgreSQL aborted our transaction to resolve a conflict with another one
     (a deadlock, a serialization failure): nothing was written, and the same request may
     simply be retried. ABORTED, not INTERNAL."""
-    cause: BaseException | None = exc if isinstance(exc, sa_exc.DBAPIError) else None
-    while cause is not None:
-        if isinstance(cause, _CONFLICTS):
-            return True
-        cause = cause.__cause__ or cause.__context__
-    return False
+    return any(isinstance(c, _CONFLICTS) for c in _database_error_chain(exc))
 
 
 def is_database_unavailable(exc: BaseException) -> bool:
@@ -92,16 +114,7 @@ def is_database_unavailable(exc: BaseException) -> bool:
     caller may retry the same request: UNAVAILABLE, not INTERNAL (which means a bug)."""
     if isinstance(exc, sa_exc.TimeoutError | sa_exc.OperationalError):
         return True
-    if not isinstance(exc, sa_exc.DBAPIError):
-        return False
-    if exc.connection_invalidated:
-        return True
-    cause: BaseException | None = exc
-    while cause is not None:  # SQLAlchemy wraps the driver's error (in turn, for asyncpg)
-        if isinstance(cause, _CONNECTION_LOST):
-            return True
-        cause = cause.__cause__ or cause.__context__
-    return False
+    return is_connection_lost(exc)
 
 
 def _configure_sqlite(engine: AsyncEngine) -> None:

@@ -34,7 +34,6 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from allocator_svc.domain.states import EventReason
@@ -49,6 +48,7 @@ from allocator_svc.repository._base import (
     naive_utc,
     voice_from,
 )
+from allocator_svc.repository._driver import DriverConnections, DriverStatement, worth_retrying
 from allocator_svc.repository.slots import usage_touch
 from voiceslot.db import UtcDateTime
 from voiceslot.errors import NotFound, bounded
@@ -140,15 +140,23 @@ class _Grant:
             .cte("touched")
         )
         granted = self._granted(pg_req, touched).cte("granted")
+        # Active leases are counted once per voice, not once per request: a voice many
+        # callers share (a product's stock voice) holds as many leases as it has callers,
+        # and counting them per request made each batch's cost grow with their square.
         # The statement's snapshot does not see the leases inserted beside it: add them.
-        in_batch = select(func.count()).where(granted.alias("g2").c.voice_id == touched.c.id)
+        in_batch = select(func.count()).where(granted.c.voice_id == touched.c.id)
+        counted = select(
+            touched.c.id.label("voice_id"),
+            (active_leases(touched.c.id, now) + in_batch.scalar_subquery()).label("active"),
+        ).cte("counted")
         self.pg = (
             select(
                 granted.c.idx,
                 *[touched.c[c.name] for c in _VOICE_COLUMNS],
-                (active_leases(touched.c.id, now) + in_batch.scalar_subquery()).label("active"),
+                counted.c.active,
             )
             .join_from(granted, touched, touched.c.id == granted.c.voice_id)
+            .join(counted, counted.c.voice_id == touched.c.id)
             .add_cte(self._insert_leases(granted, now).cte("new_leases"))
             .add_cte(self._insert_events(granted, now).cte("new_events"))
         )
@@ -213,21 +221,34 @@ class _Grant:
         leased, none = literal(EventReason.LEASED.value), literal("")
         return insert_event_from(granted.c.voice_id, leased, none, none, granted.c.holder, now)
 
+    @staticmethod
+    def pg_params(asks: Sequence[LeaseAsk]) -> dict[str, Any]:
+        """The PostgreSQL statement's parameters for ``asks``."""
+        return {
+            "b_idx": list(range(len(asks))),
+            "b_voice_ids": [a.params.voice_id for a in asks],
+            "b_owners": [a.params.owner for a in asks],
+            "b_lease_ids": [a.lease_id for a in asks],
+            "b_holders": [bounded(a.params.holder) for a in asks],
+            "b_expires": [naive_utc(a.expires_at) for a in asks],
+            "b_now": max(a.now for a in asks),
+        }
+
+    PG_BOUND = (
+        "b_idx",
+        "b_voice_ids",
+        "b_owners",
+        "b_lease_ids",
+        "b_holders",
+        "b_expires",
+        "b_now",
+    )
+
     async def run(self, conn: AsyncConnection, asks: Sequence[LeaseAsk]) -> list[Any]:
         """Grant what can be granted; result rows carry ``idx`` (the ask's index), the
         voice's columns and ``active`` (its active leases, the new one included)."""
-        now = max(a.now for a in asks)
         if conn.dialect.name == "postgresql":
-            params = {
-                "b_idx": list(range(len(asks))),
-                "b_voice_ids": [a.params.voice_id for a in asks],
-                "b_owners": [a.params.owner for a in asks],
-                "b_lease_ids": [a.lease_id for a in asks],
-                "b_holders": [bounded(a.params.holder) for a in asks],
-                "b_expires": [naive_utc(a.expires_at) for a in asks],
-                "b_now": now,
-            }
-            return [row._mapping for row in await conn.execute(self.pg, params)]
+            return [row._mapping for row in await conn.execute(self.pg, self.pg_params(asks))]
         (ask,) = asks  # SQLite has no batcher: one caller at a time
         params = {
             "b_idx": 0,
@@ -236,7 +257,7 @@ class _Grant:
             "b_lease_id": ask.lease_id,
             "b_holder": bounded(ask.params.holder),
             "b_expires_at": ask.expires_at,
-            "b_now": now,
+            "b_now": ask.now,
         }
         if (await conn.execute(self.touch, params)).rowcount == 0:
             return []
@@ -252,6 +273,11 @@ class LeasesRepository(RepositoryBase):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._batcher = _LeaseBatcher(self._hot) if self._hot is not None else None
+
+    async def aclose(self) -> None:
+        """Hand back the connections the hot path keeps (before the engines' dispose)."""
+        if self._batcher is not None:
+            await self._batcher.aclose()
 
     async def _lease_hot(self, p: EnsureParams, now: datetime) -> ReadyOutcome | None:
         """Lease a READY voice without locking it first (None: not READY, or not theirs).
@@ -338,21 +364,23 @@ class LeasesRepository(RepositoryBase):
 class _LeaseBatcher:
     """Coalesces concurrent hot-path leases into one statement on PostgreSQL.
 
-    Every call to the database costs the same fixed overhead in this process (SQLAlchemy,
-    the driver, a socket write that wakes the server) whatever the statement does, and
-    under load that overhead, not the database, is what limits EnsureActiveVoice.
-    Callers queue here; up to ``max_inflight`` batches are in flight at once and each
-    takes everything queued so far (up to ``max_batch``). One caller alone still goes out
-    at once, in a batch of one; under load, batches grow by themselves.
+    Every statement costs this process a fixed overhead whatever it does, and so does
+    every statement the database runs; under load, that overhead, not the work, limits
+    EnsureActiveVoice. Callers queue here; up to ``max_inflight`` batches are in flight
+    at once and each takes everything queued so far (up to ``max_batch``). One caller
+    alone still goes out at once, in a batch of one; under load, batches grow by
+    themselves, and the fewer batches may be in flight, the larger they grow (one in
+    flight measured fastest: a batch of 16 costs the database hardly more than one).
 
-    The statement runs on an autocommit engine: it is its own transaction, atomic, one
-    round trip. That engine skips pre-ping, so a connection the server dropped fails on
-    use instead, and the batch is retried once on a fresh one (also once on a deadlock,
-    which the id-ordered locking should make impossible).
+    The statement runs on the driver's own connection (``_driver``) in autocommit: it is
+    its own transaction, atomic, one round trip. A connection found dropped fails on
+    use, and the batch is retried once on a fresh one (also once on a deadlock, which
+    the id-ordered locking should make impossible).
     """
 
-    def __init__(self, engine: AsyncEngine, *, max_batch: int = 128, max_inflight: int = 4) -> None:
-        self._engine = engine
+    def __init__(self, engine: AsyncEngine, *, max_batch: int = 128, max_inflight: int = 1) -> None:
+        self._connections = DriverConnections(engine)
+        self._statement = DriverStatement(GRANT.pg, engine.dialect, bound=GRANT.PG_BOUND)
         self._max_batch = max_batch
         self._max_inflight = max_inflight
         self._queue: list[tuple[LeaseAsk, asyncio.Future[ReadyOutcome | None]]] = []
@@ -370,6 +398,9 @@ class _LeaseBatcher:
             self._scheduled = True
             loop.call_soon(self._start)
         return await future
+
+    async def aclose(self) -> None:
+        await self._connections.aclose()
 
     def _start(self) -> None:
         self._scheduled = False
@@ -401,13 +432,13 @@ class _LeaseBatcher:
             self._inflight -= 1
             self._start()
 
-    async def _execute(self, asks: list[LeaseAsk]) -> list[Any]:
+    async def _execute(self, asks: list[LeaseAsk]) -> list[dict[str, Any]]:
+        args = self._statement.arguments(GRANT.pg_params(asks))
         for attempt in (1, 2):
             try:
-                async with self._engine.connect() as conn:
-                    return await GRANT.run(conn, asks)
-            except DBAPIError as exc:
-                deadlock = getattr(exc.orig, "sqlstate", None) == "40P01"
-                if attempt == 2 or not (exc.connection_invalidated or deadlock):
+                async with self._connections.connection() as driver:
+                    return self._statement.rows(await driver.fetch(self._statement.sql, *args))
+            except Exception as exc:
+                if attempt == 2 or not worth_retrying(exc):
                     raise
         raise AssertionError("unreachable")

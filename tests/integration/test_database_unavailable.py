@@ -64,3 +64,24 @@ async def test_a_deadlock_is_aborted_for_a_retry(postgres_url: str):
         assert to_rpc_status(deadlocked).code == grpc.StatusCode.ABORTED, repr(deadlocked)
     finally:
         await engine.dispose()
+
+
+async def test_the_drivers_own_errors_are_classified_alike(postgres_url: str):
+    """The allocator's hot path runs statements on asyncpg's own connection, whose errors
+    arrive unwrapped: a cut connection is UNAVAILABLE, a wrong statement INTERNAL."""
+    import asyncpg
+
+    dsn = postgres_url.replace("postgresql+asyncpg://", "postgresql://")
+    victim, admin = await asyncpg.connect(dsn), await asyncpg.connect(dsn)
+    try:
+        with pytest.raises(Exception) as wrong:
+            await victim.fetch("SELECT 1 / 0")
+        assert to_rpc_status(wrong.value).code == grpc.StatusCode.INTERNAL
+        await admin.execute("SELECT pg_terminate_backend($1)", victim.get_server_pid())
+        with pytest.raises(Exception) as cut:
+            await victim.fetch("SELECT 1")
+        assert is_database_unavailable(cut.value), repr(cut.value)
+        assert to_rpc_status(cut.value).code == grpc.StatusCode.UNAVAILABLE
+    finally:
+        await admin.close()
+        victim.terminate()

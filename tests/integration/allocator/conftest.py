@@ -52,18 +52,22 @@ async def make_repo(db_url: str) -> AsyncIterator[Callable[[], AllocatorReposito
     ``build_allocator`` wires it)."""
     await migrate(db_url)
     engines = []
+    repos: list[AllocatorRepository] = []
 
     def factory() -> AllocatorRepository:
         engine = create_engine(db_url)
         hot = hot_path_engine(db_url)
         engines.extend([engine, hot] if hot else [engine])
-        return AllocatorRepository(session_factory(engine), hot_engine=hot)
+        repos.append(AllocatorRepository(session_factory(engine), hot_engine=hot))
+        return repos[-1]
 
     yield factory
     try:
         if engines:  # the fair order's cached counts stayed exact through the scenario
             assert await factory().standing_drift() == []
     finally:
+        for made in repos:
+            await made.aclose()
         for engine in engines:
             await engine.dispose()
 

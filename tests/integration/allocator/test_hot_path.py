@@ -81,3 +81,52 @@ async def test_a_lease_keeps_a_voice_from_reclaim_and_its_expiry_frees_it(
     assert [t.voice_id for t in (await claim(repo, at(62))).reclaims] == [voice.id]
     with pytest.raises(NotFound):
         await repo.renew_lease(lease.lease.id, timedelta(seconds=5), at(63), owner=None)
+
+
+@pytest.mark.postgres
+async def test_the_hot_path_survives_its_kept_connection_being_cut(postgres_url: str):
+    """The batcher keeps its connections out of the pool; when PostgreSQL drops one (a
+    restart, ``pg_terminate_backend``) the next batch fails on use and is retried once on
+    a fresh connection: the caller sees a lease, and exactly one is written."""
+    from sqlalchemy import text
+
+    from allocator_svc.app import hot_path_engine, migrate
+    from voiceslot.db import create_engine, session_factory
+
+    await migrate(postgres_url)
+    engine, hot = create_engine(postgres_url), hot_path_engine(postgres_url)
+    assert hot is not None
+    repo = AllocatorRepository(session_factory(engine), hot_engine=hot)
+    try:
+        await repo.upsert_providers([("p", "cartesia", 1)], at(0))
+        voice = await add_voice(repo, "a")
+        await repo.ensure_active(ensure_params(voice.id), at(0))
+        (c,) = (await claim(repo, at(1))).claims
+        await make_ready(repo, c, at(1))
+        first = await repo.ensure_active(ensure_params(voice.id), at(2))
+        assert isinstance(first, ReadyOutcome)
+        # Values come back as the ORM's would: UTC-aware moments.
+        assert first.voice.created_at.tzinfo is not None
+        assert first.voice.last_used_at == at(2)
+
+        async with hot.connect() as admin:
+            cut = await admin.execute(
+                text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+            )
+            assert any(cut.scalars())
+        second = await repo.ensure_active(ensure_params(voice.id), at(3))
+        assert isinstance(second, ReadyOutcome) and second.voice.active_leases == 2
+        async with hot.connect() as check:
+            written = (
+                await check.execute(
+                    text("SELECT count(*) FROM leases WHERE id = :id"), {"id": second.lease.id}
+                )
+            ).scalar_one()
+        assert written == 1
+    finally:
+        await repo.aclose()
+        await engine.dispose()
+        await hot.dispose()
