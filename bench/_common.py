@@ -79,13 +79,30 @@ class LoadResult:
     p50_ms: float
     p99_ms: float
     calls: int
+    server_cpu_us: float | None = None
+    """CPU the server process spent per call while measuring (all its threads), when its
+    pid was given: steadier than calls per second on a machine shared with other work."""
+    client_cpu_us: float = 0.0
+    """CPU this (the calling) process spent per call while measuring."""
+
+
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds ``pid`` has used so far (Linux ``/proc``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def closed_loop(
-    call: Callable[[int], Awaitable[Any]], *, concurrency: int, warmup_s: float, measure_s: float
+    call: Callable[[int], Awaitable[Any]],
+    *,
+    concurrency: int,
+    warmup_s: float,
+    measure_s: float,
+    server_pid: int | None = None,
 ) -> LoadResult:
     """``concurrency`` callers, each issuing ``call`` back to back; counts the calls that
-    complete inside the measurement window (after a warm-up)."""
+    complete inside the measurement window (after a warm-up), and with ``server_pid`` the
+    CPU that process spent per call meanwhile."""
     latencies: list[float] = []
     state = {"measuring": False, "stop": False}
 
@@ -100,9 +117,13 @@ async def closed_loop(
     await asyncio.sleep(warmup_s)
     state["measuring"] = True
     began = time.perf_counter()
+    cpu_began = process_cpu_s(server_pid) if server_pid else 0.0
+    client_began = time.process_time()
     await asyncio.sleep(measure_s)
     state["measuring"] = False
     elapsed = time.perf_counter() - began
+    cpu = process_cpu_s(server_pid) - cpu_began if server_pid else None
+    client_cpu = time.process_time() - client_began
     state["stop"] = True
     await asyncio.gather(*tasks)
     latencies.sort()
@@ -112,6 +133,8 @@ async def closed_loop(
         p50_ms=1000 * latencies[n // 2] if n else 0.0,
         p99_ms=1000 * latencies[min(n - 1, int(n * 0.99))] if n else 0.0,
         calls=n,
+        server_cpu_us=round(cpu / n * 1e6, 1) if cpu is not None and n else None,
+        client_cpu_us=round(client_cpu / n * 1e6, 1) if n else 0.0,
     )
 
 

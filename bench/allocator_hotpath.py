@@ -155,8 +155,9 @@ async def prepare(target: str, voices: int) -> tuple[list[str], bytes]:
 
 
 async def measure(
-    args: argparse.Namespace, targets: dict[str, str], ids: list[str]
+    args: argparse.Namespace, targets: dict[str, tuple[str, int]], ids: list[str]
 ) -> tuple[list[dict[str, LoadResult]], OpenLoopResult]:
+    """``targets``: name -> (address, server pid)."""
     from voiceslot.v1 import allocator_pb2 as apb
     from voiceslot.v1 import allocator_pb2_grpc
 
@@ -167,8 +168,8 @@ async def measure(
         requests.append(request)
     payload = requests[0].SerializeToString()
     channels = {
-        name: [grpc.aio.insecure_channel(target) for _ in range(args.channels)]
-        for name, target in targets.items()
+        name: [grpc.aio.insecure_channel(address) for _ in range(args.channels)]
+        for name, (address, _) in targets.items()
     }
     stubs = [allocator_pb2_grpc.AllocatorServiceStub(c) for c in channels["ensure"]]
     echoes = [c.unary_unary(ECHO_METHOD) for c in channels["echo"]]
@@ -191,7 +192,12 @@ async def measure(
     rounds = []
     try:
         for _ in range(args.rounds):
-            rounds.append({name: await closed_loop(call, **kw) for name, call in calls.items()})
+            rounds.append(
+                {
+                    name: await closed_loop(call, server_pid=targets[name][1], **kw)
+                    for name, call in calls.items()
+                }
+            )
         # Latency as a product sees it: a fixed arrival rate at half the maximum just
         # measured, not a closed loop that slows down with the server.
         max_rps = sum(r["ensure"].rps for r in rounds) / len(rounds)
@@ -239,14 +245,14 @@ def run(
                 asyncio.run(seed_backlog(url, provider="el", due=False))
             ids, payload = asyncio.run(prepare(f"127.0.0.1:{port}", args.voices))
             (work / "payload.bin").write_bytes(payload)
-            targets = {"ensure": f"127.0.0.1:{port}"}
+            targets = {"ensure": (f"127.0.0.1:{port}", allocator.pid)}
             for name, extra in (("echo", []), ("echo_intercepted", ["--intercepted"])):
                 proc, echo_port = spawn(
                     [sys.executable, __file__, "--echo-server", str(work / "payload.bin"), *extra],
                     log=work / f"{name}.log",
                 )
                 procs.append(proc)
-                targets[name] = f"127.0.0.1:{echo_port}"
+                targets[name] = (f"127.0.0.1:{echo_port}", proc.pid)
             return asyncio.run(measure(args, targets, ids))
         finally:
             for proc in procs:
@@ -266,6 +272,16 @@ def summarize(rounds: list[dict[str, LoadResult]], half: OpenLoopResult) -> dict
         "echo_p50_ms": round(mean("echo", "p50_ms"), 2),
         "echo_p99_ms": round(mean("echo", "p99_ms"), 2),
         "echo_intercepted_rps": round(mean("echo_intercepted", "rps"), 1),
+        # CPU per call of each server process (all threads), closed loop: what the
+        # ratio comes down to once a server, not the client or the machine, is the limit.
+        "server_cpu_us": {
+            name: round(mean(name, "server_cpu_us"), 1)
+            for name in ("ensure", "echo", "echo_intercepted")
+        },
+        "client_cpu_us": {
+            name: round(mean(name, "client_cpu_us"), 1)
+            for name in ("ensure", "echo", "echo_intercepted")
+        },
         "half_load": {
             "rate": round(half.rate, 1),
             "achieved": round(half.achieved, 1),
