@@ -214,15 +214,16 @@ class AllocatorServicer(pb_grpc.AllocatorServiceServicer):
             priority=request.priority,
             holder=request.lease_holder,
         )
-        response = pb.EnsureActiveVoiceResponse(voice=voice_pb(outcome.voice))
-        if isinstance(outcome, ReadyOutcome):
-            response.ready.CopyFrom(
-                pb.EnsureActiveVoiceReady(
+        if isinstance(outcome, ReadyOutcome):  # the hot path: built in one go
+            return pb.EnsureActiveVoiceResponse(
+                voice=voice_pb(outcome.voice),
+                ready=pb.EnsureActiveVoiceReady(
                     provider_voice_id=outcome.voice.provider_voice_id or "",
                     lease=lease_pb(outcome.lease),
-                )
+                ),
             )
-        elif isinstance(outcome, Queued):
+        response = pb.EnsureActiveVoiceResponse(voice=voice_pb(outcome.voice))
+        if isinstance(outcome, Queued):
             response.queued.CopyFrom(
                 pb.EnsureActiveVoiceQueued(
                     position=outcome.position, estimated_wait=duration(outcome.estimated_wait_s)

@@ -4,18 +4,24 @@ is INVALID_ARGUMENT before any lookup, so it never reaches SQL or a storage key.
 
 from __future__ import annotations
 
+import functools
 import re
-import uuid
+import secrets
 
 from voiceslot.errors import InvalidArgument
 
 
 def new_id(prefix: str) -> str:
-    return f"{prefix}_{uuid.uuid4().hex}"
+    return f"{prefix}_{secrets.token_hex(16)}"
+
+
+@functools.cache
+def _id_pattern(prefix: str) -> re.Pattern[str]:
+    return re.compile(rf"{re.escape(prefix)}_[0-9a-f]{{32}}")
 
 
 def require_id(field: str, value: str, prefix: str) -> str:
     """``value`` if it is an id of kind ``prefix``, else InvalidArgument naming ``field``."""
-    if not re.fullmatch(rf"{re.escape(prefix)}_[0-9a-f]{{32}}", value or ""):
+    if not _id_pattern(prefix).fullmatch(value or ""):
         raise InvalidArgument(field, f"must be an id like {prefix}_<32 hex digits>")
     return value

@@ -10,6 +10,7 @@ per-process key is known only to the allocator beside it.
 from __future__ import annotations
 
 import asyncio
+import gc
 import shutil
 import tempfile
 from collections.abc import Awaitable, Callable
@@ -167,6 +168,11 @@ async def serve(
     telemetry.configure_tracing()  # when the OTEL_* variables ask for it
     try:
         runtime = await Runtime(settings, reuse_port=reuse_port).start(only=only)
+        # Everything built so far (modules, protobuf descriptors, SQLAlchemy's metadata)
+        # lives as long as the process: moved out of the collector's sight, a full
+        # collection no longer walks it in the middle of someone's call (a tail-latency
+        # pause that grows with every imported module).
+        gc.freeze()
         try:
             if on_ready is not None:
                 on_ready(runtime.port)

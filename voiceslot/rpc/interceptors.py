@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import secrets
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -119,7 +119,7 @@ def request_id_from(metadata: Iterable[tuple[str, Any]]) -> str:
             and value.isprintable()
         ):
             return value
-    return uuid.uuid4().hex
+    return secrets.token_hex(16)
 
 
 class Admission:
