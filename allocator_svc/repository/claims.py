@@ -13,13 +13,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Float, bindparam, exists, func, literal, or_, select, update
+from sqlalchemy import select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from allocator_svc.domain.breaker import BreakerPolicy, BreakerState
-from allocator_svc.domain.estimates import ewma
 from allocator_svc.domain.reclaim import ReclaimPolicy
 from allocator_svc.domain.states import (
     EventReason,
@@ -39,12 +38,12 @@ from allocator_svc.records import (
     Claim,
     ReclaimTarget,
 )
-from allocator_svc.repository._base import S, insert_event_from, transition
+from allocator_svc.repository._base import S, transition
 from allocator_svc.repository.claim_sql import CLAIM
+from allocator_svc.repository.completion import COMPLETE, CompletionBatcher
 from allocator_svc.repository.providers import breaker_of, slots_used
 from allocator_svc.repository.queue import QueueRepository
 from allocator_svc.repository.slots import SlotsRepository
-from voiceslot.db import UtcDateTime
 from voiceslot.errors import FailedPrecondition, NotFound, bounded
 from voiceslot.token_bucket import Bucket, TokenBucket
 
@@ -74,100 +73,11 @@ def lease_ran_out(req: AllocationRequestRow, by: datetime | None) -> bool:
     return by is None or (req.lease_expires_at is not None and req.lease_expires_at <= by)
 
 
-class _Complete:
-    """ALLOCATING → READY fenced by the claim's token, its event, and the request's
-    completion, built once. On PostgreSQL the steps are CTEs of one statement (every
-    allocation ends here, and a transaction of separate statements cost a round trip
-    each); SQLite runs the same steps one after another in its transaction."""
-
-    def __init__(self) -> None:
-        now = bindparam("b_now", type_=UtcDateTime())
-        self.voice = (
-            update(VoiceRow)
-            .where(
-                VoiceRow.id == bindparam("b_voice_id"),
-                VoiceRow.state == S.ALLOCATING.value,
-                VoiceRow.allocation_token == bindparam("b_token"),
-                # A reset may adopt only once the dispatcher's lease ran out (b_fence);
-                # the dispatcher itself completes with no fence.
-                or_(
-                    bindparam("b_fence", type_=UtcDateTime()).is_(None),
-                    exists().where(
-                        AllocationRequestRow.id == bindparam("b_request_id"),
-                        AllocationRequestRow.lease_token == bindparam("b_token"),
-                        AllocationRequestRow.lease_expires_at
-                        <= bindparam("b_fence", type_=UtcDateTime()),
-                    ),
-                ),
-            )
-            .values(
-                state=S.READY.value,
-                provider_voice_id=bindparam("b_remote"),
-                allocation_token=None,
-                last_error="",
-                last_used_at=now,
-                state_changed_at=now,
-                updated_at=now,
-            )
-            .returning(VoiceRow.id)
-        )
-        done = self.voice.cte("v")
-        self.pg = (
-            select(func.count())
-            .select_from(done)
-            .add_cte(self._event(done, now).cte("e"))
-            .add_cte(self._request(done, now).cte("r"))
-            .add_cte(self._timing(done).cte("t"))
-        )
-        one = select(bindparam("b_voice_id").label("id")).subquery("v")
-        self.event = self._event(one, now)
-        self.request = self._request(one, now)
-        self.timing = self._timing(one)
-
-    @staticmethod
-    def _event(done: Any, now: Any) -> Any:
-        before, after = literal(S.ALLOCATING.value), literal(S.READY.value)
-        reason, message = bindparam("b_reason"), bindparam("b_message")
-        return insert_event_from(done.c.id, reason, before, after, message, now)
-
-    @staticmethod
-    def _request(done: Any, now: Any) -> Any:
-        return (
-            update(AllocationRequestRow)
-            .where(AllocationRequestRow.id == bindparam("b_request_id"), exists(select(done.c.id)))
-            .values(state="done", lease_token=None, updated_at=now)
-        )
-
-    @staticmethod
-    def _timing(done: Any) -> Any:
-        """Fold the clone's duration (``b_seconds``; None: not measured, e.g. a reset's
-        adoption) into the provider's mean."""
-        seconds = bindparam("b_seconds", type_=Float())
-        return (
-            update(ProviderRow)
-            .where(
-                ProviderRow.name == bindparam("b_provider"),
-                seconds.is_not(None),
-                exists(select(done.c.id)),
-            )
-            .values(clone_seconds=ewma(func.coalesce(ProviderRow.clone_seconds, seconds), seconds))
-        )
-
-    async def run(self, conn: AsyncConnection, params: dict[str, Any]) -> bool:
-        if conn.dialect.name == "postgresql":
-            return bool((await conn.execute(self.pg, params)).scalar_one())
-        if (await conn.execute(self.voice, params)).first() is None:
-            return False
-        await conn.execute(self.event, params)
-        await conn.execute(self.request, params)
-        await conn.execute(self.timing, params)
-        return True
-
-
-COMPLETE = _Complete()
-
-
 class ClaimsRepository(QueueRepository, SlotsRepository):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._completions = CompletionBatcher(self._hot) if self._hot is not None else None
+
     async def claim(
         self,
         provider: str,
@@ -300,23 +210,22 @@ class ClaimsRepository(QueueRepository, SlotsRepository):
         ``late_copy_fate`` for what becomes of the remote voice. ``clone_seconds``: how
         long the allocation took, for the provider's measured mean."""
         check_transition(S.ALLOCATING, S.READY)
-        params = {
-            "b_voice_id": claim.voice_id,
-            "b_token": claim.token,
-            "b_remote": provider_voice_id,
-            "b_message": bounded(provider_voice_id),
-            "b_reason": (EventReason.ADOPTED if adopted else EventReason.CLONED).value,
-            "b_request_id": claim.request_id,
-            "b_now": now,
-            "b_fence": lease_expired_by,
-            "b_provider": claim.provider,
-            "b_seconds": clone_seconds,
+        completion = {
+            "voice_id": claim.voice_id,
+            "token": claim.token,
+            "remote": provider_voice_id,
+            "message": bounded(provider_voice_id),
+            "reason": (EventReason.ADOPTED if adopted else EventReason.CLONED).value,
+            "request_id": claim.request_id,
+            "fence": lease_expired_by,
+            "provider": claim.provider,
+            "seconds": clone_seconds,
+            "now": now,
         }
-        if self._hot is not None:  # one statement, its own transaction
-            async with self._hot.connect() as conn:
-                return await COMPLETE.run(conn, params)
+        if self._completions is not None:  # one statement for all completing together
+            return await self._completions.complete(completion)
         async with self._engine.begin() as conn:
-            return await COMPLETE.run(conn, params)
+            return await COMPLETE.run_one(conn, completion)
 
     async def fail_allocation(
         self,
