@@ -130,3 +130,61 @@ async def test_the_hot_path_survives_its_kept_connection_being_cut(postgres_url:
         await repo.aclose()
         await engine.dispose()
         await hot.dispose()
+
+
+@pytest.mark.postgres
+async def test_a_lease_stuck_behind_a_row_lock_does_not_hold_up_other_voices(
+    postgres_url: str,
+):
+    """One batch in flight is the batcher's rule, but a batch stuck behind a lock (here a
+    transaction holding one voice's row) must not make callers of other voices wait for
+    it: once it has been out for long, another batch goes."""
+    from sqlalchemy import text
+
+    from allocator_svc.app import hot_path_engine, migrate
+    from voiceslot.db import create_engine, session_factory
+
+    await migrate(postgres_url)
+    engine, hot = create_engine(postgres_url), hot_path_engine(postgres_url)
+    repo = AllocatorRepository(session_factory(engine), hot_engine=hot)
+    try:
+        await repo.upsert_providers([("p", "cartesia", 2)], at(0))
+        stuck, free = await add_voice(repo, "a"), await add_voice(repo, "b")
+        for v in (stuck, free):
+            await repo.ensure_active(ensure_params(v.id), at(0))
+        for c in (await claim(repo, at(1), limit=2)).claims:
+            await make_ready(repo, c, at(1))
+        async with engine.connect() as locker:
+            transaction = await locker.begin()
+            await locker.execute(
+                text("SELECT 1 FROM voices WHERE id = :id FOR UPDATE"), {"id": stuck.id}
+            )
+            waiting = asyncio.ensure_future(repo.ensure_active(ensure_params(stuck.id), at(2)))
+            async with engine.connect() as watch:  # until the lease waits on the lock
+                for _ in range(600):
+                    waits = (
+                        await watch.execute(
+                            text(
+                                "SELECT count(*) FROM pg_stat_activity "
+                                "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                            )
+                        )
+                    ).scalar_one()
+                    if waits:
+                        break
+                    await asyncio.sleep(0.05)
+                else:
+                    raise AssertionError("the stuck lease never waited on the lock")
+            other = await asyncio.wait_for(
+                repo.ensure_active(ensure_params(free.id), at(2)), timeout=30
+            )
+            assert isinstance(other, ReadyOutcome) and other.voice.id == free.id
+            assert not waiting.done()
+            await transaction.commit()
+        late = await asyncio.wait_for(waiting, timeout=30)
+        assert isinstance(late, ReadyOutcome) and late.voice.id == stuck.id
+    finally:
+        await repo.aclose()
+        await engine.dispose()
+        if hot is not None:
+            await hot.dispose()
