@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -32,6 +32,7 @@ from allocator_svc.models import (
     AllocationRequestRow,
     AllocationTurnRow,
     ProviderRow,
+    QueueStandingRow,
     VoiceRow,
 )
 from allocator_svc.records import (
@@ -115,14 +116,13 @@ class ClaimsRepository(QueueRepository, SlotsRepository):
             after, admitted = breaker.admit(state, now)
             if admitted == 0:
                 return ClaimResult([], [])  # open: no clones, and no reclaims for them
-            free = max(0, prov.capacity - await slots_used(s, provider))
-            backlog = await self._backlog(s, provider, now)
+            free = max(0, prov.capacity - await self._slots_held(s, provider))
             tokens = Bucket(prov.tokens, prov.tokens_at)
             may_start = min(free, limit, bucket.available(tokens, now))
             if admitted is not None:
                 may_start = min(may_start, admitted)
             claims: list[Claim] = []
-            if may_start and backlog:
+            if may_start:
                 wanted = [
                     (req_id, uuid.uuid4().hex)
                     for req_id in await self._fair_order(s, provider, now, may_start)
@@ -142,17 +142,21 @@ class ClaimsRepository(QueueRepository, SlotsRepository):
                     prov.breaker_open_until = after.open_until
                 prov.updated_at = now
             reclaims: list[ReclaimTarget] = []
-            waiting = backlog - len(claims)
-            if waiting > 0 and free - len(claims) <= 0 and state.state == BreakerState.CLOSED:
-                reclaims = await self._plan_reclaims(
-                    s,
-                    prov,
-                    now,
-                    reclaim_policy,
-                    EventReason.RECLAIMED_FOR_BACKLOG,
-                    waiting=waiting,
-                    free=max(0, free - len(claims)),
-                )
+            if free - len(claims) <= 0 and state.state == BreakerState.CLOSED:
+                # Only a full account weighs reclaims for the requests still waiting
+                # (counted after this round's claims, which this transaction sees): a
+                # round with slots left is spared the pass over every waiting user.
+                waiting = await self._backlog(s, provider, now)
+                if waiting > 0:
+                    reclaims = await self._plan_reclaims(
+                        s,
+                        prov,
+                        now,
+                        reclaim_policy,
+                        EventReason.RECLAIMED_FOR_BACKLOG,
+                        waiting=waiting,
+                        free=max(0, free - len(claims)),
+                    )
             return ClaimResult(claims, reclaims)
 
     async def reclaim_idle(
@@ -179,6 +183,16 @@ class ClaimsRepository(QueueRepository, SlotsRepository):
                 free=free,
                 idle_since=idle_since,
             )
+
+    @staticmethod
+    async def _slots_held(s: AsyncSession, provider: str) -> int:
+        """Slots ``provider``'s voices occupy now: ``slots_used``, read from the
+        ``queue_standing`` aggregate (kept exact by triggers in the same transactions
+        that move voices) instead of counting every holding voice, which cost a pass
+        over tens of thousands of index entries per round on a large account."""
+        q = QueueStandingRow
+        held = select(func.coalesce(func.sum(q.held), 0)).where(q.provider == provider)
+        return int((await s.execute(held)).scalar_one())
 
     async def _take_turns(
         self, s: AsyncSession, provider: str, owners: list[str], now: datetime
