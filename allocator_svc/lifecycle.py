@@ -24,7 +24,8 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from allocator_svc.domain.breaker import BreakerPolicy, BreakerState, ProviderOutcome
+from allocator_svc.coalesce import NextRun
+from allocator_svc.domain.breaker import Breaker, BreakerPolicy, BreakerState, ProviderOutcome
 from allocator_svc.domain.retry import RetryPolicy
 from allocator_svc.domain.states import LateCopy, VoiceState
 from allocator_svc.records import Claim, Deletion, ReclaimTarget
@@ -124,6 +125,10 @@ class Lifecycle:
         self.on_change = on_change or (lambda: None)
         """Called after every committed change of a voice's state, so that watchers in
         this process hear of it at once (other replicas' watchers poll)."""
+        # A success recorded is the same however many clones answered: the clones of a
+        # dispatch round answering together share one look at the breaker (each still
+        # one taken after its own answer), instead of a database call each.
+        self._record_ok: NextRun[str, Breaker | None] = NextRun(self._record_ok_now)
 
     def label(self, claim: Claim) -> str:
         return remote_label(self.label_prefix, claim.voice_id, claim.generation)
@@ -166,14 +171,17 @@ class Lifecycle:
         """Feed a provider call's outcome to the shared breaker and bucket."""
         outcome = provider_outcome(exc)
         try:
-            after = await self.repo.record_provider_outcome(
-                provider,
-                outcome,
-                self.clock.now(),
-                retry_after=exc.retry_after if exc is not None else None,
-                breaker=self.breaker,
-                bucket=self.bucket,
-            )
+            if exc is None:
+                after = await self._record_ok(provider)
+            else:
+                after = await self.repo.record_provider_outcome(
+                    provider,
+                    outcome,
+                    self.clock.now(),
+                    retry_after=exc.retry_after,
+                    breaker=self.breaker,
+                    bucket=self.bucket,
+                )
         except Exception as err:  # bookkeeping must not lose the allocation's own outcome
             log.error("recording provider outcome failed", provider=provider, error=repr(err))
             return
@@ -187,6 +195,11 @@ class Lifecycle:
                     breaker=after.state.value,
                     failures=after.failures,
                 )
+
+    async def _record_ok_now(self, provider: str) -> Breaker | None:
+        return await self.repo.record_provider_outcome(
+            provider, ProviderOutcome.OK, self.clock.now(), breaker=self.breaker, bucket=self.bucket
+        )
 
     async def _adopt_after_failure(
         self, claim: Claim, label: str, exc: ProviderError, *, clone_sent_at: datetime | None
