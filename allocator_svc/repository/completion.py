@@ -11,7 +11,6 @@ writer) runs the same steps one completion at a time in its transaction.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping
 from typing import Any
 
@@ -37,6 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from allocator_svc.domain.estimates import CLONE_SECONDS_WEIGHT, ewma
 from allocator_svc.models import AllocationRequestRow, ProviderRow, VoiceRow
 from allocator_svc.repository._base import S, insert_event_from, naive_utc
+from voiceslot.batching import Batches
 from voiceslot.db import UtcDateTime
 
 _R, _V, _P = AllocationRequestRow, VoiceRow, ProviderRow
@@ -234,9 +234,9 @@ COMPLETE = CompleteStatements()
 
 
 class CompletionBatcher:
-    """Coalesces concurrent completions into one statement on PostgreSQL: callers queue,
-    one batch is in flight at a time and takes everything queued meanwhile, so under
-    load batches grow by themselves while one completion alone goes out at once.
+    """Coalesces concurrent completions into one statement on PostgreSQL
+    (``voiceslot.batching``), strictly one batch at a time: under load batches grow by
+    themselves while one completion alone goes out at once.
 
     Each runs on the autocommit engine: the statement is its own transaction, and every
     completion is durable before its caller hears of it. A failed batch fails each of
@@ -246,48 +246,16 @@ class CompletionBatcher:
 
     def __init__(self, engine: AsyncEngine, *, max_batch: int = 256) -> None:
         self._engine = engine
-        self._max_batch = max_batch
-        self._queue: list[tuple[Mapping[str, Any], asyncio.Future[bool]]] = []
-        self._busy = False
-        self._scheduled = False
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._batches: Batches[Mapping[str, Any], bool] = Batches(
+            self._complete, max_batch=max_batch
+        )
 
     async def complete(self, completion: Mapping[str, Any]) -> bool:
         """Whether this completion applied (False: fenced off)."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[bool] = loop.create_future()
-        self._queue.append((completion, future))
-        if not self._scheduled and not self._busy:
-            # On the next turn of the loop, so that completions arriving in this one
-            # share the statement.
-            self._scheduled = True
-            loop.call_soon(self._start)
-        return await future
+        return await self._batches.submit(completion)
 
-    def _start(self) -> None:
-        self._scheduled = False
-        if self._busy or not self._queue:
-            return
-        batch = self._queue[: self._max_batch]
-        del self._queue[: self._max_batch]
-        self._busy = True
-        task = asyncio.get_running_loop().create_task(self._flush(batch))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _flush(self, batch: list[tuple[Mapping[str, Any], asyncio.Future[bool]]]) -> None:
-        try:
-            params = COMPLETE.pg_params([c for c, _ in batch])
-            async with self._engine.connect() as conn:
-                done = {int(i) for (i,) in await conn.execute(COMPLETE.pg, params)}
-        except Exception as exc:
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(exc)
-        else:
-            for i, (_, future) in enumerate(batch):
-                if not future.done():
-                    future.set_result(i in done)
-        finally:
-            self._busy = False
-            self._start()
+    async def _complete(self, batch: list[Mapping[str, Any]]) -> list[bool]:
+        params = COMPLETE.pg_params(batch)
+        async with self._engine.connect() as conn:
+            done = {int(i) for (i,) in await conn.execute(COMPLETE.pg, params)}
+        return [i in done for i in range(len(batch))]

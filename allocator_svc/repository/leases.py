@@ -12,7 +12,6 @@ separate statements inside its ``BEGIN IMMEDIATE`` transaction, one request at a
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -50,6 +49,7 @@ from allocator_svc.repository._base import (
 )
 from allocator_svc.repository._driver import DriverConnections, DriverStatement, worth_retrying
 from allocator_svc.repository.slots import usage_touch
+from voiceslot.batching import Batches
 from voiceslot.db import UtcDateTime
 from voiceslot.errors import NotFound, bounded
 from voiceslot.ids import new_id
@@ -361,124 +361,39 @@ class LeasesRepository(RepositoryBase):
             return dict((await s.execute(q)).all())
 
 
-def may_start_batch(
-    inflight: int, last_started_s: float, now_s: float, typical_s: float, *, cap: int
-) -> bool:
-    """Whether the batcher may send another batch now.
-
-    One batch in flight is the rule: callers gather meanwhile, so under load batches
-    grow, and a batch of 16 costs this process and the database hardly more than one.
-    But the one out may be stuck (behind a row lock a reclaim holds, a database stall),
-    and every caller of the process would wait for it: once the latest batch has been
-    out four times as long as statements typically take (and at least 20 ms), another
-    may go, up to ``cap`` in flight."""
-    if inflight == 0:
-        return True
-    if inflight >= cap:
-        return False
-    return now_s - last_started_s >= max(STALL_MIN_S, STALL_FACTOR * typical_s)
-
-
-STALL_FACTOR = 4.0
-STALL_MIN_S = 0.02
-
-
 class _LeaseBatcher:
-    """Coalesces concurrent hot-path leases into one statement on PostgreSQL.
-
-    Every statement costs this process a fixed overhead whatever it does, and so does
-    every statement the database runs; under load, that overhead, not the work, limits
-    EnsureActiveVoice. Callers queue here; batches go out as ``may_start_batch`` allows,
-    each taking everything queued so far (up to ``max_batch``). One caller alone still
-    goes out at once, in a batch of one; under load, batches grow by themselves.
+    """Coalesces concurrent hot-path leases into one statement on PostgreSQL
+    (``voiceslot.batching``): under load, the per-statement overhead, not the work,
+    limits EnsureActiveVoice.
 
     The statement runs on the driver's own connection (``_driver``) in autocommit: it is
     its own transaction, atomic, one round trip. A connection found dropped fails on
     use, and the batch is retried once on a fresh one (also once on a deadlock, which
-    the id-ordered locking should make impossible).
+    the id-ordered locking should make impossible). Up to ``max_inflight`` batches go at
+    once, the second and later only beside one that is stuck.
     """
 
     def __init__(self, engine: AsyncEngine, *, max_batch: int = 128, max_inflight: int = 4) -> None:
         self._connections = DriverConnections(engine)
         self._statement = DriverStatement(GRANT.pg, engine.dialect, bound=GRANT.PG_BOUND)
-        self._max_batch = max_batch
-        self._max_inflight = max_inflight
-        self._queue: list[tuple[LeaseAsk, asyncio.Future[ReadyOutcome | None]]] = []
-        self._inflight = 0
-        self._scheduled = False
-        self._recheck: asyncio.TimerHandle | None = None
-        self._last_started_s = 0.0
-        self._typical_s = STALL_MIN_S / STALL_FACTOR
-        """A moving average of statement times."""
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._batches: Batches[LeaseAsk, ReadyOutcome | None] = Batches(
+            self._grant, max_batch=max_batch, max_inflight=max_inflight
+        )
 
     async def lease(self, p: EnsureParams, now: datetime) -> ReadyOutcome | None:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[ReadyOutcome | None] = loop.create_future()
-        self._queue.append((LeaseAsk(p, now, new_id("ls")), future))
-        if not self._scheduled:
-            # Start on the next turn of the loop, so that callers arriving in this one
-            # share the batch.
-            self._scheduled = True
-            loop.call_soon(self._start)
-        return await future
+        return await self._batches.submit(LeaseAsk(p, now, new_id("ls")))
 
     async def aclose(self) -> None:
-        if self._recheck is not None:
-            self._recheck.cancel()
+        self._batches.close()
         await self._connections.aclose()
 
-    def _start(self) -> None:
-        self._scheduled = False
-        loop = asyncio.get_running_loop()
-        while self._queue and may_start_batch(
-            self._inflight,
-            self._last_started_s,
-            loop.time(),
-            self._typical_s,
-            cap=self._max_inflight,
-        ):
-            batch = self._queue[: self._max_batch]
-            del self._queue[: self._max_batch]
-            self._inflight += 1
-            self._last_started_s = loop.time()
-            task = loop.create_task(self._flush(batch))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-        if self._queue and self._inflight < self._max_inflight and self._recheck is None:
-            # Callers are waiting on a batch still out: look again when it would count
-            # as stuck (a batch finishing first looks again by itself).
-            wait_s = max(STALL_MIN_S, STALL_FACTOR * self._typical_s)
-            self._recheck = loop.call_later(
-                self._last_started_s + wait_s - loop.time(), self._rechecked
-            )
-
-    def _rechecked(self) -> None:
-        self._recheck = None
-        self._start()
-
-    async def _flush(
-        self, batch: list[tuple[LeaseAsk, asyncio.Future[ReadyOutcome | None]]]
-    ) -> None:
-        loop = asyncio.get_running_loop()
-        began = loop.time()
-        try:
-            rows = await self._execute([ask for ask, _ in batch])
-        except Exception as exc:
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(exc)
-        else:
-            self._typical_s += 0.1 * (loop.time() - began - self._typical_s)
-            granted = {int(m["idx"]): m for m in rows}
-            for i, (ask, future) in enumerate(batch):
-                if future.done():
-                    continue  # the caller went away; its lease simply expires
-                m = granted.get(i)
-                future.set_result(None if m is None else ask.outcome(m))
-        finally:
-            self._inflight -= 1
-            self._start()
+    async def _grant(self, asks: list[LeaseAsk]) -> list[ReadyOutcome | None]:
+        """Each ask's outcome (None: not granted). A caller that went away meanwhile
+        leaves a lease that simply expires."""
+        granted = {int(m["idx"]): m for m in await self._execute(asks)}
+        return [
+            None if (m := granted.get(i)) is None else ask.outcome(m) for i, ask in enumerate(asks)
+        ]
 
     async def _execute(self, asks: list[LeaseAsk]) -> list[dict[str, Any]]:
         args = self._statement.arguments(GRANT.pg_params(asks))

@@ -1,8 +1,9 @@
-"""When the lease batcher may send another batch (``may_start_batch``)."""
+"""When a batcher (the lease grant's, completions') may send another batch
+(``may_start_batch``)."""
 
 from __future__ import annotations
 
-from allocator_svc.repository.leases import STALL_FACTOR, STALL_MIN_S, may_start_batch
+from voiceslot.batching import STALL_FACTOR, STALL_MIN_S, may_start_batch
 
 
 def test_a_batch_goes_at_once_when_none_is_out():
