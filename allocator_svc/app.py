@@ -57,6 +57,11 @@ def hot_path_engine(url: str, *, pool_size: int = 8) -> AsyncEngine | None:
         pool_size=pool_size,
         max_overflow=0,
         pool_pre_ping=False,
+        # Its statements find rows by key. Each is prepared once per kept connection
+        # and PostgreSQL keeps the plan until the table's statistics change: planned
+        # while leases was a page (a fresh deployment, before autovacuum's ANALYZE), the
+        # grant counted a voice's leases by scanning every row, for the plan's life.
+        connect_args={"server_settings": {"enable_seqscan": "off"}},
     )
 
 

@@ -4,7 +4,9 @@ databases; on PostgreSQL that is the batched single-statement path."""
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import timedelta
+from typing import Any
 
 import pytest
 
@@ -188,3 +190,65 @@ async def test_a_lease_stuck_behind_a_row_lock_does_not_hold_up_other_voices(
         await engine.dispose()
         if hot is not None:
             await hot.dispose()
+
+
+def _plan_nodes(plan: dict[str, Any]) -> list[tuple[str, str]]:
+    """Every (node type, relation) of an ``EXPLAIN (FORMAT JSON)`` plan."""
+    nodes = [(plan["Node Type"], plan.get("Relation Name", ""))]
+    for child in plan.get("Plans", []):
+        nodes.extend(_plan_nodes(child))
+    return nodes
+
+
+@pytest.mark.postgres
+async def test_the_grant_reads_voices_and_leases_by_index_even_while_they_are_small(
+    postgres_url: str,
+):
+    """The grant is prepared once per kept connection, and PostgreSQL keeps the plan it
+    made then until the table's statistics change. Planned while the leases table was a
+    page (a fresh deployment; autovacuum analyzes it a minute or more later, later still
+    while it is busy with big tables), the grant scanned every lease row, expired ones
+    included, once per voice it counted, for as long as the plan lived: that halved the
+    hot path beside 100,000 voices (bench/README.md). Its connections plan by index."""
+    from sqlalchemy import text
+
+    from allocator_svc.app import hot_path_engine, migrate
+    from allocator_svc.repository._driver import DriverStatement
+    from allocator_svc.repository.leases import GRANT, LeaseAsk
+    from voiceslot.db import create_engine, session_factory
+
+    await migrate(postgres_url)
+    engine, hot = create_engine(postgres_url), hot_path_engine(postgres_url)
+    assert hot is not None
+    repo = AllocatorRepository(session_factory(engine), hot_engine=hot)
+    try:
+        await repo.upsert_providers([("p", "cartesia", 1)], at(0))
+        voice = await add_voice(repo, "a")
+        await repo.ensure_active(ensure_params(voice.id), at(0))
+        (c,) = (await claim(repo, at(1))).claims
+        await make_ready(repo, c, at(1))
+        for second in range(2, 6):
+            assert isinstance(
+                await repo.ensure_active(ensure_params(voice.id), at(second)), ReadyOutcome
+            )
+        async with engine.begin() as conn:
+            await conn.execute(text("ANALYZE leases"))
+            await conn.execute(text("ANALYZE voices"))
+
+        statement = DriverStatement(GRANT.pg, hot.dialect, bound=GRANT.PG_BOUND)
+        ask = LeaseAsk(ensure_params(voice.id), at(6), "ls_explained")
+        async with hot.connect() as conn:
+            driver = (await conn.get_raw_connection()).driver_connection
+            explained = await driver.fetchval(
+                f"EXPLAIN (FORMAT JSON) {statement.sql}",
+                *statement.arguments(GRANT.pg_params([ask])),
+            )
+        if isinstance(explained, str):  # SQLAlchemy's dialect has asyncpg decode JSON
+            explained = json.loads(explained)
+        nodes = _plan_nodes(explained[0]["Plan"])
+        assert ("Seq Scan", "leases") not in nodes and ("Seq Scan", "voices") not in nodes, nodes
+        assert any(relation == "leases" and "Index" in kind for kind, relation in nodes), nodes
+    finally:
+        await repo.aclose()
+        await engine.dispose()
+        await hot.dispose()
