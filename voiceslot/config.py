@@ -21,6 +21,7 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from voiceslot.eventloop import EventLoopChoice
 from voiceslot.validation import PROVIDER_NAME_PATTERN, USER_NAME_PATTERN
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
@@ -264,6 +265,9 @@ class Settings(BaseSettings):
     workers: int = Field(default=1, ge=1, le=64)
     """Server processes sharing the listen port (SO_REUSEPORT), so one replica uses all its
     cores; more than one needs PostgreSQL. ``voiceslot serve --workers`` overrides it."""
+    event_loop: EventLoopChoice = "auto"
+    """The servers' event loop: ``auto`` is uvloop where installed (less CPU per call),
+    else asyncio's own; ``asyncio`` keeps the standard loop (``voiceslot.eventloop``)."""
     log_level: str = "INFO"
     log_format: Literal["json", "console"] = "json"
     shutdown_grace_s: float = Field(default=30.0, ge=0)

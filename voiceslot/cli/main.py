@@ -16,6 +16,7 @@ from pathlib import Path
 import click
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
 
+from voiceslot import eventloop
 from voiceslot.cli.client import arriving_text, live_requests, stubs
 from voiceslot.cli.jobs import jobs
 from voiceslot.cli.output import (
@@ -146,7 +147,7 @@ def serve(
         sys.stdout.flush()
         os._exit(0)
 
-    asyncio.run(serve_until_stopped())
+    eventloop.run(serve_until_stopped(), choice=settings.event_loop)
 
 
 @cli.command()

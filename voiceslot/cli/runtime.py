@@ -173,6 +173,7 @@ async def serve(
         # collection no longer walks it in the middle of someone's call (a tail-latency
         # pause that grows with every imported module).
         gc.freeze()
+        log.info("started", event_loop=type(asyncio.get_running_loop()).__module__)
         try:
             if on_ready is not None:
                 on_ready(runtime.port)
