@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, func, insert, select
+from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.sql.elements import SQLCoreOperations
 
@@ -121,11 +121,6 @@ def transition(
     row.state_changed_at = now
     row.updated_at = now
     event(s, row.id, reason, now, before=current, after=target, message=message)
-
-
-def holding(provider: str) -> ColumnElement[bool]:
-    """Voices of ``provider`` that occupy a slot there."""
-    return (VoiceRow.provider == provider) & VoiceRow.state.in_(HOLDING)
 
 
 class RepositoryBase:

@@ -42,7 +42,7 @@ from allocator_svc.records import (
 from allocator_svc.repository._base import S, transition
 from allocator_svc.repository.claim_sql import CLAIM
 from allocator_svc.repository.completion import COMPLETE, CompletionBatcher
-from allocator_svc.repository.providers import breaker_of, slots_used
+from allocator_svc.repository.providers import breaker_of
 from allocator_svc.repository.queue import QueueRepository
 from allocator_svc.repository.slots import SlotsRepository
 from voiceslot.errors import FailedPrecondition, NotFound, bounded
@@ -172,7 +172,7 @@ class ClaimsRepository(QueueRepository, SlotsRepository):
             waiting = await self._backlog(s, provider, now)
             if waiting == 0:
                 return []
-            free = max(0, prov.capacity - await slots_used(s, provider))
+            free = max(0, prov.capacity - await self._slots_held(s, provider))
             return await self._plan_reclaims(
                 s,
                 prov,
@@ -186,7 +186,7 @@ class ClaimsRepository(QueueRepository, SlotsRepository):
 
     @staticmethod
     async def _slots_held(s: AsyncSession, provider: str) -> int:
-        """Slots ``provider``'s voices occupy now: ``slots_used``, read from the
+        """Slots ``provider``'s voices occupy now (see ``SLOT_HOLDING``), read from the
         ``queue_standing`` aggregate (kept exact by triggers in the same transactions
         that move voices) instead of counting every holding voice, which cost a pass
         over tens of thousands of index entries per round on a large account."""

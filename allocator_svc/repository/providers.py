@@ -13,12 +13,11 @@ from datetime import datetime
 from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from allocator_svc.domain.breaker import Breaker, BreakerPolicy, BreakerState, ProviderOutcome
 from allocator_svc.models import AllocationRequestRow, ProviderRow, VoiceRow
 from allocator_svc.records import ProviderStats
-from allocator_svc.repository._base import HOLDING, RepositoryBase, holding
+from allocator_svc.repository._base import HOLDING, RepositoryBase
 from voiceslot.token_bucket import Bucket, TokenBucket
 
 
@@ -30,12 +29,6 @@ def store_breaker(prov: ProviderRow, b: Breaker) -> None:
     prov.breaker_state = b.state.value
     prov.breaker_failures = b.failures
     prov.breaker_open_until = b.open_until
-
-
-async def slots_used(s: AsyncSession, provider: str) -> int:
-    """Slots ``provider``'s voices occupy now (see ``SLOT_HOLDING``)."""
-    q = select(func.count()).where(holding(provider))
-    return int((await s.execute(q)).scalar_one())
 
 
 class ProvidersRepository(RepositoryBase):

@@ -249,7 +249,16 @@ class QueueRepository(LeasesRepository):
                 return cutoff
 
     async def _backlog(self, s: AsyncSession, provider: str, now: datetime) -> int:
-        """Requests at ``provider`` due now and waiting."""
+        """Requests at ``provider`` due now and waiting.
+
+        First one probe of the dispatch index for any due request: a full account weighs
+        its backlog on every round (each ``dispatch_interval_s``, on every replica), and
+        while the queue is waiting out retry delays, counting it (the standings less the
+        requests not yet due) cost a pass over all of those, 54 ms a round at 50,000."""
+        r = AllocationRequestRow
+        any_due = select(r.id).where(r.provider == provider, r.state == "queued", r.run_at <= now)
+        if (await s.execute(any_due.limit(1))).first() is None:
+            return 0
         st = self._due_standing(provider, now)
         return int((await s.execute(select(func.coalesce(func.sum(st.c.due), 0)))).scalar_one())
 

@@ -65,3 +65,32 @@ async def test_estimated_wait_comes_from_measured_clone_durations(repo: Allocato
 
 async def _reclaim(repo: AllocatorRepository, voice_id: str, now: datetime) -> ReclaimTarget:
     return await repo.begin_reclaim(voice_id, EventReason.RECLAIMED_BY_ADMIN, now, force=True)
+
+
+async def test_the_backlog_counts_the_requests_due_and_none_waiting_out_a_retry_delay(
+    repo: AllocatorRepository,
+):
+    """What a full account's rounds weigh reclaims for: requests due now. While every
+    request waits out a retry delay the backlog is empty (and is found so without
+    counting them); each counts from its ``run_at`` on."""
+    from sqlalchemy import update
+
+    from allocator_svc.models import AllocationRequestRow
+
+    await repo.upsert_providers([("p", "cartesia", 0)], at(0))
+    voices = [await add_voice(repo, owner) for owner in ("a", "a", "b")]
+    for v in voices:
+        await repo.ensure_active(ensure_params(v.id), at(1))
+    assert await repo.backlog("p", at(2)) == 3
+    async with repo._sessions.begin() as s:  # as a failed attempt's retry delay leaves them
+        for i, v in enumerate(voices):
+            await s.execute(
+                update(AllocationRequestRow)
+                .where(AllocationRequestRow.voice_id == v.id)
+                .values(run_at=at(100 + 10 * i))
+            )
+    assert await repo.backlog("p", at(2)) == 0
+    assert await repo.backlog("p", at(100)) == 1
+    assert await repo.backlog("p", at(115)) == 2
+    assert await repo.backlog("p", at(120)) == 3
+    assert (await claim(repo, at(2))).reclaims == []
