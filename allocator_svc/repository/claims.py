@@ -100,6 +100,11 @@ class ClaimsRepository(QueueRepository, SlotsRepository):
         method moves voices into slot-holding states, so concurrent dispatchers can never
         overshoot the capacity, probe twice or overdraw the bucket.
         """
+        if not await self.anything_due(provider, now):
+            # Nothing to claim and no one to reclaim for: the round most polls find
+            # (every ``dispatch_interval_s`` on every replica) costs one index probe, not
+            # a transaction under the provider's lock.
+            return ClaimResult([], [])
         breaker = breaker or BreakerPolicy()
         bucket = bucket or TokenBucket()
         async with self._sessions.begin() as s:
