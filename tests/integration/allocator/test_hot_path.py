@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from allocator_svc.domain.states import EventReason, VoiceState
-from allocator_svc.records import Allocating, Queued, ReadyOutcome
+from allocator_svc.records import Allocating, Queued, ReadyOutcome, Voice
 from allocator_svc.repository import AllocatorRepository
 from voiceslot.errors import NotFound
 
@@ -85,6 +85,16 @@ async def test_a_lease_keeps_a_voice_from_reclaim_and_its_expiry_frees_it(
         await repo.renew_lease(lease.lease.id, timedelta(seconds=5), at(63), owner=None)
 
 
+async def _one_ready_voice(repo: AllocatorRepository) -> Voice:
+    """A provider with one slot, and a voice READY in it (at ``at(1)``)."""
+    await repo.upsert_providers([("p", "cartesia", 1)], at(0))
+    voice = await add_voice(repo, "a")
+    await repo.ensure_active(ensure_params(voice.id), at(0))
+    (c,) = (await claim(repo, at(1))).claims
+    await make_ready(repo, c, at(1))
+    return voice
+
+
 @pytest.mark.postgres
 async def test_the_hot_path_survives_its_kept_connection_being_cut(postgres_url: str):
     """The batcher keeps its connections out of the pool; when PostgreSQL drops one (a
@@ -100,11 +110,7 @@ async def test_the_hot_path_survives_its_kept_connection_being_cut(postgres_url:
     assert hot is not None
     repo = AllocatorRepository(session_factory(engine), hot_engine=hot)
     try:
-        await repo.upsert_providers([("p", "cartesia", 1)], at(0))
-        voice = await add_voice(repo, "a")
-        await repo.ensure_active(ensure_params(voice.id), at(0))
-        (c,) = (await claim(repo, at(1))).claims
-        await make_ready(repo, c, at(1))
+        voice = await _one_ready_voice(repo)
         first = await repo.ensure_active(ensure_params(voice.id), at(2))
         assert isinstance(first, ReadyOutcome)
         # Values come back as the ORM's would: UTC-aware moments.
@@ -222,11 +228,7 @@ async def test_the_grant_reads_voices_and_leases_by_index_even_while_they_are_sm
     assert hot is not None
     repo = AllocatorRepository(session_factory(engine), hot_engine=hot)
     try:
-        await repo.upsert_providers([("p", "cartesia", 1)], at(0))
-        voice = await add_voice(repo, "a")
-        await repo.ensure_active(ensure_params(voice.id), at(0))
-        (c,) = (await claim(repo, at(1))).claims
-        await make_ready(repo, c, at(1))
+        voice = await _one_ready_voice(repo)
         for second in range(2, 6):
             assert isinstance(
                 await repo.ensure_active(ensure_params(voice.id), at(second)), ReadyOutcome
