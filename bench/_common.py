@@ -138,6 +138,32 @@ async def closed_loop(
     )
 
 
+def machine_busy_s() -> float:
+    """CPU seconds this machine's cores have spent busy so far, all cores together
+    (``/proc/stat``: everything but idle and iowait)."""
+    ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class CpuReading:
+    """What the server, this process and the whole machine had spent at one moment."""
+
+    server_s: float
+    client_s: float
+    machine_s: float
+    at: float
+
+    @classmethod
+    def now(cls, server_pid: int | None) -> CpuReading:
+        return cls(
+            server_s=process_cpu_s(server_pid) if server_pid else 0.0,
+            client_s=time.process_time(),
+            machine_s=machine_busy_s(),
+            at=time.perf_counter(),
+        )
+
+
 @dataclass
 class OpenLoopResult:
     rate: float
@@ -149,18 +175,32 @@ class OpenLoopResult:
     calls: int
     late_starts: int
     """Arrivals the generator itself started more than 1 ms late (its own overload)."""
+    server_cpu_us: float | None = None
+    """CPU the server process spent per call while measuring, when its pid was given."""
+    client_cpu_us: float = 0.0
+    """CPU this (the calling) process spent per call while measuring."""
+    machine_busy_cores: float = 0.0
+    """How many of the machine's cores were busy on average while measuring (server,
+    client, database and anything else): at a fixed rate, the tail grows with this."""
 
 
 async def open_loop(
-    call: Callable[[int], Awaitable[Any]], *, rate: float, warmup_s: float, measure_s: float
+    call: Callable[[int], Awaitable[Any]],
+    *,
+    rate: float,
+    warmup_s: float,
+    measure_s: float,
+    server_pid: int | None = None,
 ) -> OpenLoopResult:
     """Calls arrive at a fixed ``rate`` whatever the server does (as a product's traffic
     does), each timed from its scheduled arrival, so queueing behind a slow server shows
-    in the latency instead of slowing the arrivals (no coordinated omission)."""
+    in the latency instead of slowing the arrivals (no coordinated omission). CPU is read
+    from the first measured arrival until the last measured call has returned."""
     interval = 1.0 / rate
     latencies: list[float] = []
     late = 0
     tasks: set[asyncio.Task[None]] = set()
+    began: CpuReading | None = None
 
     async def one(i: int, due: float, measured: bool) -> None:
         await call(i)
@@ -177,14 +217,18 @@ async def open_loop(
             await asyncio.sleep(due - now)
         elif now - due > 0.001 and due >= measure_from:
             late += 1
+        if began is None and due >= measure_from:
+            began = CpuReading.now(server_pid)
         task = asyncio.create_task(one(i, due, due >= measure_from))
         tasks.add(task)
         task.add_done_callback(tasks.discard)
         i += 1
     if tasks:
         await asyncio.gather(*tasks)
+    ended = CpuReading.now(server_pid)
     latencies.sort()
     n = len(latencies)
+    per_call = 1e6 / n if n else 0.0
     return OpenLoopResult(
         rate=rate,
         achieved=n / measure_s,
@@ -192,6 +236,13 @@ async def open_loop(
         p99_ms=1000 * latencies[min(n - 1, int(n * 0.99))] if n else 0.0,
         calls=n,
         late_starts=late,
+        server_cpu_us=round((ended.server_s - began.server_s) * per_call, 1)
+        if server_pid and began
+        else None,
+        client_cpu_us=round((ended.client_s - began.client_s) * per_call, 1) if began else 0.0,
+        machine_busy_cores=round((ended.machine_s - began.machine_s) / (ended.at - began.at), 2)
+        if began
+        else 0.0,
     )
 
 

@@ -14,7 +14,9 @@ One closed-loop client (this process) drives all three in turn, round after roun
 that machine noise hits them alike.
 
 Then, as a product experiences the call: EnsureActiveVoice at a fixed arrival rate of half
-the maximum just measured (open loop), with its p50/p99 (goal: p99 <= 5 ms).
+the maximum just measured (open loop), with its p50/p99 (goal: p99 <= 5 ms); and, to
+read that figure by, the bare echo at the same rate (the transport's own tail on this
+machine) and how busy the machine's cores were meanwhile.
 
 On PostgreSQL it all runs at two sizes: ``small`` (a fresh database holding only the
 benchmark's voices) and ``large`` (beside other users' history: 100,000 registered
@@ -25,7 +27,8 @@ measures the fair order with them due).
 
 Writes bench/results/allocator_hotpath[_sqlite].json: ensure_rps, echo_rps, ratio
 (ensure/echo; goal >= 0.5 on PostgreSQL), p50_ms/p99_ms (ensure, closed loop),
-half_load (rate, achieved, p50_ms, p99_ms), database, cores; and ``large`` with the same
+half_load (rate, achieved, p50_ms, p99_ms, server/client CPU per call, machine_busy_cores,
+echo_p50_ms/echo_p99_ms at the same rate), database, cores; and ``large`` with the same
 figures at the large size, ``large_of_small`` its ensure_rps as a share of the small
 run's (goal >= 0.8).
 """
@@ -156,7 +159,7 @@ async def prepare(target: str, voices: int) -> tuple[list[str], bytes]:
 
 async def measure(
     args: argparse.Namespace, targets: dict[str, tuple[str, int]], ids: list[str]
-) -> tuple[list[dict[str, LoadResult]], OpenLoopResult]:
+) -> tuple[list[dict[str, LoadResult]], dict[str, OpenLoopResult]]:
     """``targets``: name -> (address, server pid)."""
     from voiceslot.v1 import allocator_pb2 as apb
     from voiceslot.v1 import allocator_pb2_grpc
@@ -200,10 +203,19 @@ async def measure(
             )
         # Latency as a product sees it: a fixed arrival rate at half the maximum just
         # measured, not a closed loop that slows down with the server.
+        # The echo at the same rate is the floor: what the transport alone gives on
+        # this machine at that rate.
         max_rps = sum(r["ensure"].rps for r in rounds) / len(rounds)
-        half = await open_loop(
-            ensure, rate=max_rps / 2, warmup_s=args.warmup, measure_s=args.seconds
-        )
+        half = {
+            name: await open_loop(
+                calls[name],
+                rate=max_rps / 2,
+                warmup_s=args.warmup,
+                measure_s=args.seconds,
+                server_pid=targets[name][1],
+            )
+            for name in ("ensure", "echo")
+        }
     finally:
         for group in channels.values():
             for channel in group:
@@ -213,7 +225,7 @@ async def measure(
 
 def run(
     args: argparse.Namespace, *, large: bool
-) -> tuple[list[dict[str, LoadResult]], OpenLoopResult]:
+) -> tuple[list[dict[str, LoadResult]], dict[str, OpenLoopResult]]:
     from voiceslot.testing.emulator import Account, ProviderEmulator
 
     account = Account.elevenlabs("el-bench-key", voice_limit=None)
@@ -259,10 +271,13 @@ def run(
                 stop(proc)
 
 
-def summarize(rounds: list[dict[str, LoadResult]], half: OpenLoopResult) -> dict[str, Any]:
+def summarize(
+    rounds: list[dict[str, LoadResult]], halves: dict[str, OpenLoopResult]
+) -> dict[str, Any]:
     def mean(name: str, field: str) -> float:
         return sum(getattr(r[name], field) for r in rounds) / len(rounds)
 
+    half, echo = halves["ensure"], halves["echo"]
     return {
         "ensure_rps": round(mean("ensure", "rps"), 1),
         "echo_rps": round(mean("echo", "rps"), 1),
@@ -288,6 +303,13 @@ def summarize(rounds: list[dict[str, LoadResult]], half: OpenLoopResult) -> dict
             "p50_ms": round(half.p50_ms, 2),
             "p99_ms": round(half.p99_ms, 2),
             "late_starts": half.late_starts,
+            "server_cpu_us": half.server_cpu_us,
+            "client_cpu_us": half.client_cpu_us,
+            "machine_busy_cores": half.machine_busy_cores,
+            "echo_p50_ms": round(echo.p50_ms, 2),
+            "echo_p99_ms": round(echo.p99_ms, 2),
+            "echo_server_cpu_us": echo.server_cpu_us,
+            "echo_machine_busy_cores": echo.machine_busy_cores,
         },
         "rounds": [{name: round(r.rps, 1) for name, r in rnd.items()} for rnd in rounds],
     }
