@@ -50,6 +50,11 @@ class VoiceRow(Base):
     # The latest request (lease granted): session gaps count from here, across a clone
     # (completing one moves last_used_at, which is no request).
     use_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    # The voice's lease rows, expired ones not yet deleted included (migration a0006).
+    # Every writer of leases (the grant, release, the expiry sweep) changes it under the
+    # voice's row lock, taken before any lease row's. The grant deletes the voice's
+    # expired leases first, so its count is the active leases without reading them.
+    leases_held: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     __table_args__ = (
         Index("ix_voices_provider_state", "provider", "state"),

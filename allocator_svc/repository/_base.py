@@ -35,8 +35,10 @@ def naive_utc(t: datetime) -> datetime:
 
 def active_leases(voice_id: SQLCoreOperations[Any], now: Any) -> Any:
     """The number of live leases on ``voice_id``, as a scalar subquery: the one
-    definition of "active lease" (unexpired), which every reader and the lease grant
-    use. (voice_id, expires_at) is indexed, so this is answered from the index alone."""
+    definition of "active lease" (unexpired), which every reader uses. (voice_id,
+    expires_at) is indexed, but PostgreSQL still visits each counted row to check it is
+    visible, so the lease grant (the hot path) reads the voice's kept count instead
+    (``leases_held``, equal to this once the grant has deleted the expired ones)."""
     return (
         select(func.count())
         .where(LeaseRow.voice_id == voice_id, LeaseRow.expires_at > now)

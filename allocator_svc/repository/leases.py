@@ -2,8 +2,12 @@
 it. Granting one is the allocator's hot path (EnsureActiveVoice on a READY voice).
 
 There is one grant, built once from SQLAlchemy Core (``_Grant``): a request is granted iff
-its voice is READY and, for a user, theirs; granting touches ``last_used_at``, inserts the
-lease and its event, and counts the voice's active leases. Only how the requests come in
+its voice is READY and, for a user, theirs; granting touches ``last_used_at``, deletes the
+voice's expired leases (recording their expiry), inserts the lease and its event, and
+reports the voice's active leases from the count of lease rows the voice row keeps
+(``leases_held``), which after that deletion are all active. Every writer of leases
+(grant, release, renewal, the expiry sweep) locks the voice's row before any lease row,
+so none of them can deadlock with the grant's deletion. Only how the requests come in
 and how the steps are sent differs by database: on PostgreSQL the requests are arrays
 (``unnest``) and the steps are data-modifying CTEs of one statement, which batches many
 callers (``_LeaseBatcher``); SQLite has no data-modifying CTEs, so the same steps run as
@@ -33,7 +37,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from allocator_svc.domain.states import EventReason
 from allocator_svc.models import LeaseRow, VoiceRow
@@ -41,7 +45,6 @@ from allocator_svc.records import Lease, ReadyOutcome
 from allocator_svc.repository._base import (
     RepositoryBase,
     S,
-    active_leases,
     event,
     insert_event_from,
     naive_utc,
@@ -84,6 +87,19 @@ class LeaseAsk:
         voice = voice_from(m, int(m["active"]))
         return ReadyOutcome(voice, Lease(self.lease_id, p.voice_id, p.holder, self.expires_at))
 
+
+def recount_leases(*where: ColumnElement[bool]) -> Any:
+    """``UPDATE voices SET leases_held = <their lease rows, counted>`` for the voices
+    ``where`` selects, whose rows the caller has locked: the expiry sweep's, off the hot
+    path, which so also mends a count gone wrong (a replica of an older release that
+    released a lease without counting it, during a rolling upgrade)."""
+    rows = select(func.count()).where(LeaseRow.voice_id == VoiceRow.id).scalar_subquery()
+    return update(VoiceRow).where(*where).values(leases_held=rows)
+
+
+SWEEP_VOICES = 500
+"""Voices whose expired leases one sweep transaction deletes (a bound on its locks and
+on the statement's parameters)."""
 
 _REQ_COLUMNS = ("idx", "voice_id", "owner", "lease_id", "holder", "expires_at")
 _VOICE_COLUMNS = list(VoiceRow.__table__.c)
@@ -132,33 +148,43 @@ class _Grant:
             .with_for_update(of=VoiceRow)
             .cte("locked")
         )
+        # The voices' expired leases go first (with their expiry events, as the sweeper
+        # would record them): what is left afterwards is active, so the voice's count of
+        # lease rows is its active leases, read without visiting them.
+        purged = (
+            delete(LeaseRow)
+            .where(LeaseRow.voice_id.in_(select(locked.c.id)), LeaseRow.expires_at <= now)
+            .returning(LeaseRow.voice_id, LeaseRow.holder)
+            .cte("purged")
+        )
+        asked = (
+            select(func.count())
+            .where(pg_req.c.voice_id == VoiceRow.id, _owner_ok(pg_req.c.owner, VoiceRow.owner))
+            .scalar_subquery()
+        )
+        gone = select(func.count()).where(purged.c.voice_id == VoiceRow.id).scalar_subquery()
         touched = (
             update(VoiceRow)
             .where(VoiceRow.id == locked.c.id)
-            .values(last_used_at=now, **usage_touch(now, postgres=True))
+            .values(
+                last_used_at=now,
+                leases_held=VoiceRow.leases_held + asked - gone,
+                **usage_touch(now, postgres=True),
+            )
             .returning(*_VOICE_COLUMNS)
             .cte("touched")
         )
         granted = self._granted(pg_req, touched).cte("granted")
-        # Active leases are counted once per voice, not once per request: a voice many
-        # callers share (a product's stock voice) holds as many leases as it has callers,
-        # and counting them per request made each batch's cost grow with their square.
-        # The statement's snapshot does not see the leases inserted beside it: add them.
-        in_batch = select(func.count()).where(granted.c.voice_id == touched.c.id)
-        counted = select(
-            touched.c.id.label("voice_id"),
-            (active_leases(touched.c.id, now) + in_batch.scalar_subquery()).label("active"),
-        ).cte("counted")
         self.pg = (
             select(
                 granted.c.idx,
                 *[touched.c[c.name] for c in _VOICE_COLUMNS],
-                counted.c.active,
+                touched.c.leases_held.label("active"),
             )
             .join_from(granted, touched, touched.c.id == granted.c.voice_id)
-            .join(counted, counted.c.voice_id == touched.c.id)
             .add_cte(self._insert_leases(granted, now).cte("new_leases"))
             .add_cte(self._insert_events(granted, now).cte("new_events"))
+            .add_cte(self._insert_expiries(purged, now).cte("expiry_events"))
         )
         # SQLite: one request as scalar parameters, the same steps one by one.
         one_req = select(
@@ -176,16 +202,34 @@ class _Grant:
                 VoiceRow.state == S.READY.value,
                 _owner_ok(bindparam("b_owner"), VoiceRow.owner),
             )
-            .values(last_used_at=now, **usage_touch(now, postgres=False))
+            .values(
+                last_used_at=now,
+                leases_held=VoiceRow.leases_held + 1,
+                **usage_touch(now, postgres=False),
+            )
         )
         voices = VoiceRow.__table__
         granted_one = self._granted(one_req, voices).subquery("granted")
+        expired_one = (
+            LeaseRow.voice_id == bindparam("b_voice_id"),
+            LeaseRow.expires_at <= now,
+        )
+        self.expire_one = self._insert_expiries(
+            select(LeaseRow.voice_id, LeaseRow.holder).where(*expired_one).subquery("expired"),
+            now,
+        )
+        self.purge_one = delete(LeaseRow).where(*expired_one)
+        self.uncount = (
+            update(VoiceRow)
+            .where(VoiceRow.id == bindparam("b_voice_id"))
+            .values(leases_held=VoiceRow.leases_held - bindparam("b_purged"))
+        )
         self.insert_lease = self._insert_leases(granted_one, now)
         self.insert_event = self._insert_events(granted_one, now)
         self.read = select(
             literal(0).label("idx"),
             *_VOICE_COLUMNS,
-            active_leases(VoiceRow.id, now).label("active"),
+            VoiceRow.leases_held.label("active"),
         ).where(VoiceRow.id == bindparam("b_voice_id"))
 
     @staticmethod
@@ -220,6 +264,13 @@ class _Grant:
     def _insert_events(granted: Any, now: Any) -> Any:
         leased, none = literal(EventReason.LEASED.value), literal("")
         return insert_event_from(granted.c.voice_id, leased, none, none, granted.c.holder, now)
+
+    @staticmethod
+    def _insert_expiries(expired: Any, now: Any) -> Any:
+        """The expiry events of the leases in ``expired`` (voice_id, holder), as the
+        sweeper records them."""
+        gone, none = literal(EventReason.LEASE_EXPIRED.value), literal("")
+        return insert_event_from(expired.c.voice_id, gone, none, none, expired.c.holder, now)
 
     @staticmethod
     def pg_params(asks: Sequence[LeaseAsk]) -> dict[str, Any]:
@@ -259,8 +310,11 @@ class _Grant:
             "b_expires_at": ask.expires_at,
             "b_now": ask.now,
         }
-        if (await conn.execute(self.touch, params)).rowcount == 0:
+        if (await conn.execute(self.touch, params)).rowcount == 0:  # counts the new lease
             return []
+        if purged := (await conn.execute(self.expire_one, params)).rowcount:
+            await conn.execute(self.purge_one, params)
+            await conn.execute(self.uncount, {**params, "b_purged": purged})
         await conn.execute(self.insert_lease, params)
         await conn.execute(self.insert_event, params)
         return [row._mapping for row in await conn.execute(self.read, params)]
@@ -301,12 +355,8 @@ class LeasesRepository(RepositoryBase):
         self, lease_id: str, ttl: timedelta, now: datetime, *, owner: str | None
     ) -> Lease:
         async with self._sessions.begin() as s:
-            lease = await s.get(LeaseRow, lease_id, with_for_update=True)
-            if (
-                lease is None
-                or lease.expires_at <= now
-                or (owner is not None and lease.owner != owner)
-            ):
+            lease = await self._lock_with_voice(s, lease_id, owner)
+            if lease is None or lease.expires_at <= now:
                 raise NotFound("lease", lease_id)
             lease.expires_at = now + ttl
             await s.execute(
@@ -318,35 +368,93 @@ class LeasesRepository(RepositoryBase):
         """End a lease (unknown or already ended: nothing to do). Returns the provider of
         its voice, whose dispatcher may now reclaim it for someone waiting."""
         async with self._sessions.begin() as s:
-            lease = await s.get(LeaseRow, lease_id, with_for_update=True)
-            if lease is None or (owner is not None and lease.owner != owner):
+            lease = await self._lock_with_voice(s, lease_id, owner)
+            if lease is None:
                 return None
             await s.delete(lease)
             provider = (
                 await s.execute(
                     update(VoiceRow)
                     .where(VoiceRow.id == lease.voice_id)
-                    .values(last_used_at=now)
+                    .values(last_used_at=now, leases_held=VoiceRow.leases_held - 1)
                     .returning(VoiceRow.provider)
                 )
             ).scalar_one_or_none()
             event(s, lease.voice_id, EventReason.LEASE_RELEASED, now, message=lease.holder)
             return provider
 
+    @staticmethod
+    async def _lock_with_voice(
+        s: AsyncSession, lease_id: str, owner: str | None
+    ) -> LeaseRow | None:
+        """The lease (None: unknown, or not ``owner``'s), locked after its voice's row:
+        every writer of leases locks the voice first, as the grant does (it deletes the
+        voice's expired leases and counts the rest)."""
+        voice_id = (
+            await s.execute(select(LeaseRow.voice_id).where(LeaseRow.id == lease_id))
+        ).scalar_one_or_none()
+        if voice_id is None:
+            return None
+        await s.execute(select(VoiceRow.id).where(VoiceRow.id == voice_id).with_for_update())
+        lease = await s.get(LeaseRow, lease_id, with_for_update=True, populate_existing=True)
+        if lease is None or (owner is not None and lease.owner != owner):
+            return None
+        return lease
+
     async def expire_leases(self, now: datetime) -> list[str]:
-        """Delete expired leases; ids of the voices that had some. ``DELETE … RETURNING``
-        so that replicas sweeping at once record each expiry once."""
-        async with self._sessions.begin() as s:
-            rows = (
-                await s.execute(
-                    delete(LeaseRow)
-                    .where(LeaseRow.expires_at <= now)
-                    .returning(LeaseRow.voice_id, LeaseRow.holder)
+        """Delete expired leases; ids of the voices that had some. Their voices are
+        locked first, in id order (as the grant locks them), ``SWEEP_VOICES`` to a
+        transaction, and their lease counts taken afresh; so replicas sweeping at once
+        record each expiry once."""
+        swept: set[str] = set()
+        while True:
+            async with self._sessions.begin() as s:
+                due = select(LeaseRow.voice_id).where(LeaseRow.expires_at <= now)
+                voice_ids = list(
+                    (
+                        await s.execute(
+                            select(VoiceRow.id)
+                            .where(VoiceRow.id.in_(due))
+                            .order_by(VoiceRow.id)
+                            .limit(SWEEP_VOICES)
+                            .with_for_update()
+                        )
+                    ).scalars()
                 )
-            ).all()
-            for voice_id, holder in rows:
-                event(s, voice_id, EventReason.LEASE_EXPIRED, now, message=holder)
-            return sorted({voice_id for voice_id, _ in rows})
+                if not voice_ids:
+                    return sorted(swept)
+                rows = (
+                    await s.execute(
+                        delete(LeaseRow)
+                        .where(LeaseRow.voice_id.in_(voice_ids), LeaseRow.expires_at <= now)
+                        .returning(LeaseRow.voice_id, LeaseRow.holder)
+                    )
+                ).all()
+                await s.execute(recount_leases(VoiceRow.id.in_(voice_ids)))
+                for voice_id, holder in rows:
+                    event(s, voice_id, EventReason.LEASE_EXPIRED, now, message=holder)
+            swept.update(voice_id for voice_id, _ in rows)
+            if len(voice_ids) < SWEEP_VOICES:
+                return sorted(swept)
+
+    async def lease_count_drift(self) -> list[tuple[str, int, int]]:
+        """Voices whose ``leases_held`` disagrees with their lease rows: (voice, kept,
+        counted). Empty while every lease writer keeps it, which tests check after every
+        scenario."""
+        counted = (
+            select(LeaseRow.voice_id, func.count().label("n"))
+            .group_by(LeaseRow.voice_id)
+            .subquery()
+        )
+        found = func.coalesce(counted.c.n, 0)
+        async with self._sessions() as s:
+            rows = await s.execute(
+                select(VoiceRow.id, VoiceRow.leases_held, found)
+                .outerjoin(counted, counted.c.voice_id == VoiceRow.id)
+                .where(VoiceRow.leases_held != found)
+                .order_by(VoiceRow.id)
+            )
+            return [(voice_id, kept, int(n)) for voice_id, kept, n in rows]
 
     async def lease_holders(self, voice_ids: list[str], now: datetime) -> dict[str, str]:
         """The holder of each voice's most recently taken active lease."""

@@ -63,8 +63,10 @@ async def make_repo(db_url: str) -> AsyncIterator[Callable[[], AllocatorReposito
 
     yield factory
     try:
-        if engines:  # the fair order's cached counts stayed exact through the scenario
-            assert await factory().standing_drift() == []
+        if engines:  # the cached counts stayed exact through the scenario
+            checker = factory()
+            assert await checker.standing_drift() == []
+            assert await checker.lease_count_drift() == []
     finally:
         for made in repos:
             await made.aclose()

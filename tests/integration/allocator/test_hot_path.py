@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -12,7 +13,7 @@ import pytest
 
 from allocator_svc.domain.states import EventReason, VoiceState
 from allocator_svc.records import Allocating, Queued, ReadyOutcome, Voice
-from allocator_svc.repository import AllocatorRepository
+from allocator_svc.repository import AllocatorRepository, leases
 from voiceslot.errors import NotFound
 
 from .conftest import add_voice, at, claim, ensure_params, make_ready
@@ -85,13 +86,162 @@ async def test_a_lease_keeps_a_voice_from_reclaim_and_its_expiry_frees_it(
         await repo.renew_lease(lease.lease.id, timedelta(seconds=5), at(63), owner=None)
 
 
+async def test_a_grant_counts_only_live_leases_and_ends_the_expired_ones(
+    repo: AllocatorRepository,
+):
+    """The grant reports its voice's active leases from the count every lease writer keeps
+    (release, the expiry sweep, the grant itself), not by reading them: it deletes the
+    voice's expired leases first and records their expiry as the sweeper would."""
+    voice = await _one_ready_voice(repo)
+    first = await repo.ensure_active(ensure_params(voice.id), at(2))  # until at(62)
+    second = await repo.ensure_active(ensure_params(voice.id), at(3))  # until at(63)
+    third = await repo.ensure_active(ensure_params(voice.id), at(50))  # until at(110)
+    assert isinstance(first, ReadyOutcome) and isinstance(second, ReadyOutcome)
+    assert isinstance(third, ReadyOutcome) and third.voice.active_leases == 3
+    assert await repo.release_lease(first.lease.id, at(51), owner=None) == "p"
+    assert (await repo.get_voice(voice.id, at(51))).active_leases == 2
+
+    # `second` has expired, unswept; the next grant ends it and counts two.
+    fourth = await repo.ensure_active(ensure_params(voice.id), at(64))
+    assert isinstance(fourth, ReadyOutcome) and fourth.voice.active_leases == 2
+    assert fourth.voice.active_leases == (await repo.get_voice(voice.id, at(64))).active_leases
+    events = await repo.list_events(voice.id, before_id=None, limit=100)
+    assert [e.reason for e in events if e.reason == EventReason.LEASE_EXPIRED] == [
+        EventReason.LEASE_EXPIRED
+    ]
+    with pytest.raises(NotFound):
+        await repo.renew_lease(second.lease.id, timedelta(seconds=5), at(64), owner=None)
+    assert await repo.expire_leases(at(64)) == []  # nothing left for the sweeper
+
+    # The sweep ends the rest; the count follows (checked after every test, too).
+    assert await repo.expire_leases(at(200)) == [voice.id]
+    fifth = await repo.ensure_active(ensure_params(voice.id), at(201))
+    assert isinstance(fifth, ReadyOutcome) and fifth.voice.active_leases == 1
+    assert await repo.lease_count_drift() == []
+
+
+async def test_grants_releases_renewals_and_sweeps_at_once_keep_the_lease_count(
+    make_repo: Callable[[], AllocatorRepository],
+):
+    """Every writer of a voice's leases locks the voice first: replicas granting (and so
+    ending expired leases), releasing, renewing and sweeping the same voices at once
+    neither deadlock nor lose a lease from the count."""
+    replicas = [make_repo() for _ in range(3)]
+    repo = replicas[0]
+    voices = await _ready_voices(repo, 3)
+    old = [
+        await repo.ensure_active(ensure_params(voices[i % 3].id), at(2)) for i in range(30)
+    ]  # all expired by at(100)
+    assert all(isinstance(o, ReadyOutcome) for o in old)
+
+    calls: list[Any] = []
+    for i in range(90):
+        r = replicas[i % 3]
+        if i % 9 == 0:
+            calls.append(r.expire_leases(at(100)))
+        elif i % 3 == 0:
+            calls.append(r.release_lease(old[i % 30].lease.id, at(100), owner=None))
+        elif i % 3 == 1:
+            calls.append(
+                r.renew_lease(old[i % 30].lease.id, timedelta(seconds=5), at(100), owner=None)
+            )
+        else:
+            calls.append(r.ensure_active(ensure_params(voices[i % 3].id), at(100)))
+    outcomes = await asyncio.gather(*calls, return_exceptions=True)
+    for out in outcomes:  # renewing an expired lease is NOT_FOUND; nothing else fails
+        assert not isinstance(out, Exception) or isinstance(out, NotFound), out
+    granted = sum(isinstance(o, ReadyOutcome) for o in outcomes)
+    assert granted == 30
+    assert await repo.lease_count_drift() == []
+    assert sum([(await repo.get_voice(v.id, at(100))).active_leases for v in voices]) == granted
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("writer", ["release", "renew", "sweep"])
+async def test_a_lease_writer_locks_the_voice_before_the_lease(postgres_url: str, writer: str):
+    """The grant locks a voice, then deletes its expired leases. A release or renewal that
+    locked its lease first and then waited for the voice would deadlock with it: while
+    the voice is locked, they (and the expiry sweep) wait without holding the lease."""
+    from sqlalchemy import text
+
+    from allocator_svc.app import migrate
+    from voiceslot.db import create_engine, session_factory
+
+    await migrate(postgres_url)
+    engine = create_engine(postgres_url)
+    repo = AllocatorRepository(session_factory(engine))
+    try:
+        voice = await _one_ready_voice(repo)
+        lease = await repo.ensure_active(ensure_params(voice.id), at(2))
+        assert isinstance(lease, ReadyOutcome)
+        lease_id = lease.lease.id
+        async with engine.connect() as grant:  # stands for a grant holding the voice
+            await grant.execute(
+                text("SELECT id FROM voices WHERE id = :v FOR UPDATE"), {"v": voice.id}
+            )
+            call = {
+                "release": lambda: repo.release_lease(lease_id, at(3), owner=None),
+                "renew": lambda: repo.renew_lease(
+                    lease_id, timedelta(seconds=9), at(3), owner=None
+                ),
+                "sweep": lambda: repo.expire_leases(at(100)),
+            }[writer]()
+            task = asyncio.create_task(call)
+            async with engine.connect() as probe:
+                waiting = text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND wait_event_type = 'Lock'"
+                )
+                for _ in range(200):  # until the writer waits (10 s on a loaded machine)
+                    if (await probe.execute(waiting)).scalar_one():
+                        break
+                    await asyncio.sleep(0.05)
+                else:
+                    raise AssertionError(f"{writer} never waited for the voice")
+                assert not task.done()
+                # The lease itself is free: the grant could delete it.
+                await probe.execute(
+                    text("SELECT id FROM leases WHERE id = :l FOR UPDATE NOWAIT"), {"l": lease_id}
+                )
+                await probe.rollback()
+            await grant.rollback()
+        assert await asyncio.wait_for(task, 10)  # a provider, a lease, a swept voice
+        assert await repo.lease_count_drift() == []
+    finally:
+        await engine.dispose()
+
+
+async def test_the_sweep_ends_every_expired_lease_a_few_voices_at_a_time(
+    repo: AllocatorRepository, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setattr(leases, "SWEEP_VOICES", 2)
+    voices = await _ready_voices(repo, 6)
+    *expiring, live = voices
+    for v in expiring:
+        for _ in range(2):
+            await repo.ensure_active(ensure_params(v.id), at(2))  # until at(62)
+    await repo.ensure_active(ensure_params(live.id), at(50))  # until at(110)
+
+    assert await repo.expire_leases(at(100)) == sorted(v.id for v in expiring)
+    assert [(await repo.get_voice(v.id, at(100))).active_leases for v in voices] == [0] * 5 + [1]
+    assert await repo.lease_count_drift() == []
+    assert await repo.expire_leases(at(100)) == []
+
+
+async def _ready_voices(repo: AllocatorRepository, n: int) -> list[Voice]:
+    """A provider with ``n`` slots, and ``n`` voices of different users READY in them (at
+    ``at(1)``)."""
+    await repo.upsert_providers([("p", "cartesia", n)], at(0))
+    voices = [await add_voice(repo, f"u{i}") for i in range(n)]
+    for v in voices:
+        await repo.ensure_active(ensure_params(v.id), at(0))
+    for c in (await claim(repo, at(1), limit=n)).claims:
+        await make_ready(repo, c, at(1))
+    return voices
+
+
 async def _one_ready_voice(repo: AllocatorRepository) -> Voice:
-    """A provider with one slot, and a voice READY in it (at ``at(1)``)."""
-    await repo.upsert_providers([("p", "cartesia", 1)], at(0))
-    voice = await add_voice(repo, "a")
-    await repo.ensure_active(ensure_params(voice.id), at(0))
-    (c,) = (await claim(repo, at(1))).claims
-    await make_ready(repo, c, at(1))
+    (voice,) = await _ready_voices(repo, 1)
     return voice
 
 
