@@ -55,6 +55,10 @@ class VoiceRow(Base):
     # voice's row lock, taken before any lease row's. The grant deletes the voice's
     # expired leases first, so its count is the active leases without reading them.
     leases_held: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # Every lease of the voice that expired by this moment is deleted: PostgreSQL's grant
+    # looks for expired leases only after it. Deleted rows stay in the index until
+    # VACUUM, and a search from the start of the voice's range stepped over all of them.
+    leases_purged_to: Mapped[datetime | None] = mapped_column(UtcDateTime)
 
     __table_args__ = (
         Index("ix_voices_provider_state", "provider", "state"),

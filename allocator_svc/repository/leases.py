@@ -97,6 +97,9 @@ def recount_leases(*where: ColumnElement[bool]) -> Any:
     return update(VoiceRow).where(*where).values(leases_held=rows)
 
 
+_EPOCH = literal(datetime(1970, 1, 1), DateTime())
+"""Before any lease: where a voice that never purged starts looking."""
+
 SWEEP_VOICES = 500
 """Voices whose expired leases one sweep transaction deletes (a bound on its locks and
 on the statement's parameters)."""
@@ -137,7 +140,7 @@ class _Grant:
         # semi-join of the voices: the planner scanned every READY voice for the latter
         # (28 ms at 50,000). A voice asked for twice is locked once and touched once.
         locked = (
-            select(VoiceRow.id)
+            select(VoiceRow.id, VoiceRow.leases_purged_to)
             .join_from(
                 pg_req,
                 VoiceRow,
@@ -150,10 +153,16 @@ class _Grant:
         )
         # The voices' expired leases go first (with their expiry events, as the sweeper
         # would record them): what is left afterwards is active, so the voice's count of
-        # lease rows is its active leases, read without visiting them.
+        # lease rows is its active leases, read without visiting them. Only those that
+        # expired since the last purge are looked for: the index still holds the rows
+        # deleted before (until VACUUM), and stepping over them grew with time.
         purged = (
             delete(LeaseRow)
-            .where(LeaseRow.voice_id.in_(select(locked.c.id)), LeaseRow.expires_at <= now)
+            .where(
+                LeaseRow.voice_id == locked.c.id,
+                LeaseRow.expires_at <= now,
+                LeaseRow.expires_at > func.coalesce(locked.c.leases_purged_to, _EPOCH),
+            )
             .returning(LeaseRow.voice_id, LeaseRow.holder)
             .cte("purged")
         )
@@ -169,6 +178,10 @@ class _Grant:
             .values(
                 last_used_at=now,
                 leases_held=VoiceRow.leases_held + asked - gone,
+                # Never backwards (a replica whose clock is behind).
+                leases_purged_to=func.greatest(
+                    func.coalesce(VoiceRow.leases_purged_to, _EPOCH), now
+                ),
                 **usage_touch(now, postgres=True),
             )
             .returning(*_VOICE_COLUMNS)
