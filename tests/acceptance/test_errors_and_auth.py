@@ -207,15 +207,19 @@ async def test_per_caller_rate_limit(make_settings):
     from voiceslot.cli.runtime import Runtime
     from voiceslot.config import AuthConfig
 
-    settings = make_settings(auth=AuthConfig(api_keys=TEST_KEYS, rate_limit_per_second=0.5, rate_limit_burst=3))
+    settings = make_settings(
+        auth=AuthConfig(api_keys=TEST_KEYS, rate_limit_per_second=0.5, rate_limit_burst=3)
+    )
     runtime = await Runtime(settings).start(only=("allocator",))
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{runtime.port}") as ch:
             stub = allocator_pb2_grpc.AllocatorServiceStub(ch)
             for _ in range(3):
                 await stub.ListVoices(apb.ListVoicesRequest(), metadata=auth(ALICE_KEY))
-            exc = await expect(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                               stub.ListVoices(apb.ListVoicesRequest(), metadata=auth(ALICE_KEY)))
+            exc = await expect(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                stub.ListVoices(apb.ListVoicesRequest(), metadata=auth(ALICE_KEY)),
+            )
             status = rpc_status.from_call(exc)
             retry = error_details_pb2.RetryInfo()
             assert any(d.Unpack(retry) for d in status.details)

@@ -89,7 +89,11 @@ async def test_the_same_on_postgresql(make_settings, postgres_url, sample_wav):
             await ensure_ready(channel, md, voice.voice_id)
             synth = synthesizer_pb2_grpc.SynthesizerServiceStub(channel)
             response = await synth.Synthesize(
-                spb.SynthesizeRequest(voice_id=voice.voice_id, text="Stored in PostgreSQL.", format=WAV), metadata=md)
+                spb.SynthesizeRequest(
+                    voice_id=voice.voice_id, text="Stored in PostgreSQL.", format=WAV
+                ),
+                metadata=md,
+            )
             audio, rate = decode(response.audio)
             assert rate == XTTS_RATE and float(np.abs(audio).max()) > 1e-3
     finally:

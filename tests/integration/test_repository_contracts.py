@@ -32,10 +32,18 @@ def test_generated_code_is_current(tmp_path: Path):
     result = run(sys.executable, "scripts/gen_proto.py", "--out", str(tmp_path))
     assert result.returncode == 0, result.stderr
     fresh = sorted(p.name for p in (tmp_path / "voiceslot" / "v1").iterdir())
-    checked_in = sorted(p.name for p in (ROOT / "voiceslot" / "v1").iterdir() if p.name != "__init__.py" and p.is_file())
+    checked_in = sorted(
+        p.name
+        for p in (ROOT / "voiceslot" / "v1").iterdir()
+        if p.name != "__init__.py" and p.is_file()
+    )
     assert fresh == checked_in
-    _, mismatch, errors = filecmp.cmpfiles(tmp_path / "voiceslot" / "v1", ROOT / "voiceslot" / "v1", fresh, shallow=False)
-    assert not mismatch and not errors, f"stale generated code, run scripts/gen_proto.py: {mismatch}"
+    _, mismatch, errors = filecmp.cmpfiles(
+        tmp_path / "voiceslot" / "v1", ROOT / "voiceslot" / "v1", fresh, shallow=False
+    )
+    assert not mismatch and not errors, (
+        f"stale generated code, run scripts/gen_proto.py: {mismatch}"
+    )
 
 
 def test_buf_lint_and_format_are_clean():
@@ -78,7 +86,9 @@ async def check_migrations(url: str) -> None:
             for _, metadata, version_table in SERVICES:
                 assert version_table in tables
                 assert set(metadata.tables) <= tables
-                diff = await conn.run_sync(lambda c, md=metadata: compare_metadata(own_tables(c, md), md))
+                diff = await conn.run_sync(
+                    lambda c, md=metadata: compare_metadata(own_tables(c, md), md)
+                )
                 assert diff == [], f"models and migrations disagree: {diff}"
     finally:
         await engine.dispose()

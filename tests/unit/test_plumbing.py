@@ -90,8 +90,13 @@ def test_status_details():
     request = error_details_pb2.BadRequest()
     assert bad[0].Unpack(request) and request.field_violations[0].field == "items[2].name"
 
-    quota = details_for(errors.QuotaExceeded(
-        "too many", violations=(errors.QuotaViolation("user:ann", "100 queued"),), retry_after=1.5))
+    quota = details_for(
+        errors.QuotaExceeded(
+            "too many",
+            violations=(errors.QuotaViolation("user:ann", "100 queued"),),
+            retry_after=1.5,
+        )
+    )
     failure, retry = error_details_pb2.QuotaFailure(), error_details_pb2.RetryInfo()
     assert quota[0].Unpack(failure) and failure.violations[0].subject == "user:ann"
     assert quota[1].Unpack(retry) and retry.retry_delay.ToNanoseconds() == 1_500_000_000
@@ -106,7 +111,11 @@ def test_settings_reject_bad_configuration(tmp_path: Path):
     with pytest.raises(ValidationError):
         ProviderConfig(name="Bad Name", kind="local")
     with pytest.raises(ValidationError, match="unique"):
-        Settings(data_dir=tmp_path, providers=(ProviderConfig(name="a", kind="local"),) * 2, default_provider="a")
+        Settings(
+            data_dir=tmp_path,
+            providers=(ProviderConfig(name="a", kind="local"),) * 2,
+            default_provider="a",
+        )
     with pytest.raises(ValidationError, match="default_provider"):
         Settings(data_dir=tmp_path, default_provider="nowhere")
 
