@@ -46,15 +46,43 @@ def active_leases(voice_id: SQLCoreOperations[Any], now: Any) -> Any:
     )
 
 
+RECORD_COLUMNS = (
+    VoiceRow.id,
+    VoiceRow.owner,
+    VoiceRow.display_name,
+    VoiceRow.provider,
+    VoiceRow.language,
+    VoiceRow.state,
+    VoiceRow.generation,
+    VoiceRow.provider_voice_id,
+    VoiceRow.pinned,
+    VoiceRow.sample_key,
+    VoiceRow.sample_sha256,
+    VoiceRow.sample_bytes,
+    VoiceRow.last_error,
+    VoiceRow.created_at,
+    VoiceRow.updated_at,
+    VoiceRow.state_changed_at,
+    VoiceRow.last_used_at,
+)
+"""The columns ``voice_from`` reads: what a statement returns for a record, and no more
+(the lease grant returns a row per caller; every column more is decoded and converted
+on the hot path)."""
+
+_STATES = {s.value: s for s in VoiceState}
+"""By stored value: a dict lookup, where ``VoiceState(value)`` runs Enum's machinery."""
+
+
 def voice_from(m: Mapping[str, Any], active: int) -> Voice:
-    """A record from a voices row (ORM attributes or a Core result mapping alike)."""
+    """A record from a voices row (ORM attributes or a Core result mapping alike) holding
+    at least ``RECORD_COLUMNS``."""
     return Voice(
         id=m["id"],
         owner=m["owner"],
         display_name=m["display_name"],
         provider=m["provider"],
         language=m["language"],
-        state=VoiceState(m["state"]),
+        state=_STATES[m["state"]],
         generation=m["generation"],
         provider_voice_id=m["provider_voice_id"],
         pinned=m["pinned"],
