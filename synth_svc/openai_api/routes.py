@@ -57,7 +57,7 @@ class Routes:
 
         async def run(request: Request) -> Response:
             headers = list(request.headers.items())
-            request_id = request_id_from(headers)
+            request_id, _ = request_id_from(headers)  # every HTTP answer carries it
             try:
                 credential = credential_from(headers)
                 principal = self.admission.authenticate(credential)

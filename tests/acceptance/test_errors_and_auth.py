@@ -187,13 +187,23 @@ async def test_idempotent_registration(channel, sample_wav):
     assert len((await stub.ListVoices(apb.ListVoicesRequest(), metadata=md)).voices) == 1
 
 
-async def test_responses_carry_a_request_id(channel):
+async def test_answers_carry_the_request_id_asked_for_and_errors_always(channel):
     stub = allocator_pb2_grpc.AllocatorServiceStub(channel)
     call = stub.ListVoices(
         apb.ListVoicesRequest(), metadata=(*auth(ALICE_KEY), ("x-request-id", "trace-me-42"))
     )
     await call
     assert ("x-request-id", "trace-me-42") in list(await call.trailing_metadata())
+    # A malformed one is replaced, and the caller told which; a caller who sent none is
+    # not sent one on success.
+    replaced = stub.ListVoices(
+        apb.ListVoicesRequest(), metadata=(*auth(ALICE_KEY), ("x-request-id", "x" * 129))
+    )
+    await replaced
+    assert len(dict(await replaced.trailing_metadata())["x-request-id"]) == 32
+    plain = stub.ListVoices(apb.ListVoicesRequest(), metadata=auth(ALICE_KEY))
+    await plain
+    assert "x-request-id" not in dict(await plain.trailing_metadata())
     # Errors carry it too, beside their rich status details; without one, one is made.
     failing = stub.GetVoice(apb.GetVoiceRequest(voice_id="bad"), metadata=auth(ALICE_KEY))
     with pytest.raises(grpc.aio.AioRpcError) as info:

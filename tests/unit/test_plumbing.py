@@ -39,8 +39,11 @@ def test_credentials_from_metadata():
     assert credential_from([("x-api-key", "xyz")]) == "xyz"
     assert credential_from([("authorization", "Basic abc")]) is None
     assert credential_from([]) is None
-    assert request_id_from([("x-request-id", "r-1")]) == "r-1"
-    assert len(request_id_from([("x-request-id", "bad\nid")])) == 32  # replaced, not echoed
+    assert request_id_from([("x-request-id", "r-1")]) == ("r-1", True)
+    replaced, sent = request_id_from([("x-request-id", "bad\nid")])
+    assert len(replaced) == 32 and sent  # replaced, not echoed
+    made, sent = request_id_from([("authorization", "Bearer k")])
+    assert len(made) == 32 and not sent
 
 
 def test_local_admin_key_is_created_once_and_private(tmp_path: Path):
