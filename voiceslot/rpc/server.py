@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,11 +65,34 @@ class HealthServicer(health.aio.HealthServicer):
         )
 
 
+class GenericOnly:
+    """What a generated ``add_*_to_server`` is given instead of the server: it registers
+    each service's handlers as generic handlers only, not also as registered methods.
+
+    grpc.aio keeps one pending request per registered method and, for every call that
+    arrives, waits on all of them again (``asyncio.wait`` over N + 1 futures: ~100
+    Python calls per RPC with the allocator's methods, by cProfile). With generic
+    handlers only it keeps one; the method is found by a dict lookup per call. Measured
+    on EnsureActiveVoice: the server's CPU per call 397–400 → 380–382 µs."""
+
+    def __init__(self, server: grpc.aio.Server) -> None:
+        self._server = server
+
+    def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None:
+        self._server.add_generic_rpc_handlers(handlers)
+
+    def add_registered_method_handlers(
+        self, service: str, handlers: dict[str, grpc.RpcMethodHandler]
+    ) -> None:
+        """Ignored: the same handlers came as generic ones."""
+
+
 @dataclass(frozen=True)
 class ServiceRegistration:
     full_name: str
     """e.g. "voiceslot.v1.AllocatorService", for health and reflection."""
-    add_to_server: Callable[[Any, grpc.aio.Server], None]
+    add_to_server: Callable[[Any, GenericOnly], None]
+    """The generated ``add_*_to_server``."""
     servicer: Any
 
 
@@ -116,10 +139,11 @@ async def start_server(
         ],
     )
     health_servicer = HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, GenericOnly(server))
     names = []
+    generic_only = GenericOnly(server)
     for reg in registrations:
-        reg.add_to_server(reg.servicer, server)
+        reg.add_to_server(reg.servicer, generic_only)
         names.append(reg.full_name)
     enable_reflection([*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name], server)
     port = server.add_insecure_port(listen)
