@@ -1,20 +1,55 @@
 """Structured logs: one JSON object per line, carrying the request's context.
 
-``bind_context`` puts request id, user, voice and provider into a contextvar that every
-log line in the same task picks up, so a handler never threads them through by hand.
+``bind_call`` makes request id, user and voice the current task's call; every log line
+in that task carries them, so a handler never threads them through by hand.
+``bound_context`` adds fields for the lines of one block.
 """
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, NamedTuple
 
 import structlog
 
 _configured = False
+
+
+class _Call(NamedTuple):
+    request_id: str
+    user: str | None
+    voice: str | None
+
+
+_call: contextvars.ContextVar[_Call | None] = contextvars.ContextVar("log_call", default=None)
+
+
+def bind_call(request_id: str, *, user: str | None = None, voice: str | None = None) -> None:
+    """Make this the current task's call for every log line the task writes (each RPC
+    runs in its own task, so it lasts exactly as long as the call). One contextvar set
+    per call; the fields are made only when a line is written (``_merge_call``):
+    binding them as structlog context cost every call, logged or not, as much as the
+    rest of its admission."""
+    _call.set(_Call(request_id, user or None, voice or None))
+
+
+def _merge_call(
+    logger: Any, method: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """A structlog processor: the current call's fields, where the line has none of
+    its own."""
+    call = _call.get()
+    if call is not None:
+        event.setdefault("request_id", call.request_id)
+        if call.user is not None:
+            event.setdefault("user", call.user)
+        if call.voice is not None:
+            event.setdefault("voice", call.voice)
+    return event
 
 
 def configure_logging(*, level: str = "INFO", fmt: str = "json") -> None:
@@ -22,6 +57,7 @@ def configure_logging(*, level: str = "INFO", fmt: str = "json") -> None:
     global _configured
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
+        _merge_call,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
@@ -68,10 +104,3 @@ def bound_context(**values: Any) -> Iterator[None]:
     present = {k: v for k, v in values.items() if v not in (None, "")}
     with structlog.contextvars.bound_contextvars(**present):
         yield
-
-
-def bind_context(**values: Any) -> None:
-    """Add ``values`` to the current task's log context until the task ends."""
-    structlog.contextvars.bind_contextvars(
-        **{k: v for k, v in values.items() if v not in (None, "")}
-    )

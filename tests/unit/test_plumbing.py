@@ -18,7 +18,7 @@ from voiceslot import errors
 from voiceslot.auth import KeyTable, Principal
 from voiceslot.config import ProviderConfig, Settings
 from voiceslot.credentials import ensure_local_admin_key, key_table, read_local_key
-from voiceslot.logs import bind_context, configure_logging, get_logger
+from voiceslot.logs import bind_call, configure_logging, get_logger
 from voiceslot.pagination import decode_token, encode_token, page_size
 from voiceslot.providers.errors import RateLimited
 from voiceslot.rpc.interceptors import credential_from, request_id_from
@@ -138,17 +138,21 @@ def test_json_logs_carry_the_bound_context(capsys):
     configure_logging(level="INFO", fmt="json")
     try:
 
-        def one_call() -> None:  # a call's own context, as each RPC runs in its own task
-            bind_context(request_id="r-9", user="ann", voice="v_1", provider=None)
+        def one_call(voice: str | None) -> None:  # as each RPC runs in its own task
+            bind_call("r-9", user="ann", voice=voice)
             get_logger("t").info("hello", extra_field=3)
+            get_logger("t").info("own user", user="bob")
 
-        contextvars.copy_context().run(one_call)
+        contextvars.copy_context().run(one_call, "v_1")
+        contextvars.copy_context().run(one_call, None)
         get_logger("t").info("after the call")
-        *_, line, after_line = capsys.readouterr().err.strip().splitlines()
+        *_, line, own, voiceless, _, after_line = capsys.readouterr().err.strip().splitlines()
         record = json.loads(line)
         assert record["event"] == "hello" and record["level"] == "info"
         assert (record["request_id"], record["user"], record["voice"]) == ("r-9", "ann", "v_1")
-        assert "provider" not in record and record["extra_field"] == 3
+        assert record["extra_field"] == 3
+        assert json.loads(own)["user"] == "bob"  # a line's own field wins
+        assert "voice" not in json.loads(voiceless)
         after = json.loads(after_line)
         assert "request_id" not in after and "user" not in after
     finally:

@@ -26,7 +26,7 @@ from google.protobuf.message import DecodeError
 
 from voiceslot import errors, telemetry
 from voiceslot.auth import KeyTable, Principal
-from voiceslot.logs import bind_context, get_logger
+from voiceslot.logs import bind_call, get_logger
 from voiceslot.rpc.status import grpc_code, to_rpc_status
 from voiceslot.token_bucket import Bucket, TokenBucket
 
@@ -176,7 +176,7 @@ def bind_caller(
     _request_id.set(request_id)
     _principal.set(principal)
     _credential.set(credential)
-    bind_context(request_id=request_id, user=principal.user, voice=voice)
+    bind_call(request_id, user=principal.user, voice=voice)
 
 
 class ServerInterceptor(grpc.aio.ServerInterceptor):
@@ -242,7 +242,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         request_id, sent = request_id_from(metadata)
         _request_id.set(request_id)
         if method.startswith(PUBLIC_PREFIXES):
-            bind_context(request_id=request_id)
+            bind_call(request_id)
             return sent
         if self.draining:
             raise errors.Unavailable("server is shutting down; retry", retry_after=1.0)
