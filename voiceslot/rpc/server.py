@@ -70,8 +70,8 @@ class GenericOnly:
     each service's handlers as generic handlers only, not also as registered methods.
 
     grpc.aio keeps one pending request per registered method and, for every call that
-    arrives, waits on all of them again (``asyncio.wait`` over N + 1 futures: ~100
-    Python calls per RPC with the allocator's methods, by cProfile). With generic
+    arrives, waits on all of them again (``asyncio.wait`` over N + 1 futures: ~170 of
+    the ~530 Python function calls per EnsureActiveVoice, by cProfile). With generic
     handlers only it keeps one; the method is found by a dict lookup per call. Measured
     on EnsureActiveVoice: the server's CPU per call 397–400 → 380–382 µs."""
 
