@@ -249,4 +249,8 @@ async def _refused(base: str) -> bool:
             await http.get("/v1/models")
     except httpx.ConnectError:
         return True
+    except (httpx.ReadError, httpx.RemoteProtocolError):
+        # Accepted just before the listener closed and dropped unanswered: not refused
+        # yet; the next probe finds the port closed.
+        return False
     return False
