@@ -108,6 +108,13 @@ on the statement's parameters)."""
 _REQ_COLUMNS = ("idx", "voice_id", "owner", "lease_id", "holder", "expires_at")
 
 
+def insert_expiries(expired: Any, now: Any) -> Any:
+    """The expiry events of the leases in ``expired`` (voice_id, holder), written before
+    those leases are deleted: by the grant (for its voice) and by the expiry sweep."""
+    gone, none = literal(EventReason.LEASE_EXPIRED.value), literal("")
+    return insert_event_from(expired.c.voice_id, gone, none, none, expired.c.holder, now)
+
+
 def _aware(column: Any) -> Any:
     """A timestamp column as PostgreSQL's ``timestamptz`` (the stored value read as UTC),
     which the driver itself decodes to an aware datetime: converting the naive values
@@ -207,7 +214,7 @@ class _Grant:
             .join_from(granted, touched, touched.c.id == granted.c.voice_id)
             .add_cte(self._insert_leases(granted, now).cte("new_leases"))
             .add_cte(self._insert_events(granted, now).cte("new_events"))
-            .add_cte(self._insert_expiries(purged, now).cte("expiry_events"))
+            .add_cte(insert_expiries(purged, now).cte("expiry_events"))
         )
         # SQLite: one request as scalar parameters, the same steps one by one.
         one_req = select(
@@ -237,7 +244,7 @@ class _Grant:
             LeaseRow.voice_id == bindparam("b_voice_id"),
             LeaseRow.expires_at <= now,
         )
-        self.expire_one = self._insert_expiries(
+        self.expire_one = insert_expiries(
             select(LeaseRow.voice_id, LeaseRow.holder).where(*expired_one).subquery("expired"),
             now,
         )
@@ -287,13 +294,6 @@ class _Grant:
     def _insert_events(granted: Any, now: Any) -> Any:
         leased, none = literal(EventReason.LEASED.value), literal("")
         return insert_event_from(granted.c.voice_id, leased, none, none, granted.c.holder, now)
-
-    @staticmethod
-    def _insert_expiries(expired: Any, now: Any) -> Any:
-        """The expiry events of the leases in ``expired`` (voice_id, holder), as the
-        sweeper records them."""
-        gone, none = literal(EventReason.LEASE_EXPIRED.value), literal("")
-        return insert_event_from(expired.c.voice_id, gone, none, none, expired.c.holder, now)
 
     @staticmethod
     def pg_params(asks: Sequence[LeaseAsk]) -> dict[str, Any]:
@@ -446,17 +446,18 @@ class LeasesRepository(RepositoryBase):
                 )
                 if not voice_ids:
                     return sorted(swept)
-                rows = (
-                    await s.execute(
-                        delete(LeaseRow)
-                        .where(LeaseRow.voice_id.in_(voice_ids), LeaseRow.expires_at <= now)
-                        .returning(LeaseRow.voice_id, LeaseRow.holder)
+                expired = (LeaseRow.voice_id.in_(voice_ids), LeaseRow.expires_at <= now)
+                await s.execute(
+                    insert_expiries(
+                        select(LeaseRow.voice_id, LeaseRow.holder).where(*expired).subquery(),
+                        literal(now, UtcDateTime()),
                     )
-                ).all()
+                )
+                gone = (
+                    await s.execute(delete(LeaseRow).where(*expired).returning(LeaseRow.voice_id))
+                ).scalars()
+                swept.update(gone)
                 await s.execute(recount_leases(VoiceRow.id.in_(voice_ids)))
-                for voice_id, holder in rows:
-                    event(s, voice_id, EventReason.LEASE_EXPIRED, now, message=holder)
-            swept.update(voice_id for voice_id, _ in rows)
             if len(voice_ids) < SWEEP_VOICES:
                 return sorted(swept)
 

@@ -115,6 +115,10 @@ async def test_a_grant_counts_only_live_leases_and_ends_the_expired_ones(
 
     # The sweep ends the rest; the count follows (checked after every test, too).
     assert await repo.expire_leases(at(200)) == [voice.id]
+    events = await repo.list_events(voice.id, before_id=None, limit=100)
+    expiries = [e for e in events if e.reason == EventReason.LEASE_EXPIRED]
+    assert len(expiries) == 3  # one by the grant, two by the sweep, recorded alike
+    assert len({(e.message, e.from_state, e.to_state) for e in expiries}) == 1
     fifth = await repo.ensure_active(ensure_params(voice.id), at(201))
     assert isinstance(fifth, ReadyOutcome) and fifth.voice.active_leases == 1
     assert await repo.lease_count_drift() == []
