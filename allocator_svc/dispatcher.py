@@ -10,7 +10,6 @@ replicas, retries coming due).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from datetime import timedelta
 
 from allocator_svc.domain.reclaim import ReclaimPolicy
@@ -18,6 +17,7 @@ from allocator_svc.lifecycle import Lifecycle
 from allocator_svc.repository import AllocatorRepository
 from voiceslot.config import AllocatorConfig
 from voiceslot.logs import get_logger
+from voiceslot.waiting import cancel_and_wait, finish_or_cancel, wait_at_most
 
 log = get_logger(__name__)
 
@@ -101,8 +101,7 @@ class Dispatcher:
                 started = 0
             if started:
                 continue
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(event.wait(), self.config.dispatch_interval_s)
+            await wait_at_most(self.config.dispatch_interval_s, event.wait())
 
     def start(self) -> None:
         self._tasks = [asyncio.create_task(self._loop(p), name=f"dispatch-{p}") for p in self._wake]
@@ -111,12 +110,6 @@ class Dispatcher:
         """Stop claiming, let clones in flight finish for up to ``grace_s``, then cancel.
         A cancelled clone is not lost: its request stays leased and the stuck sweeper
         adopts or re-queues it once its dispatch lease expires."""
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_and_wait(*self._tasks)
         self._tasks = []
-        if self._inflight:
-            await asyncio.wait(list(self._inflight), timeout=grace_s)
-        for task in list(self._inflight):
-            task.cancel()
-        await asyncio.gather(*self._inflight, return_exceptions=True)
+        await finish_or_cancel(list(self._inflight), grace_s)

@@ -7,7 +7,6 @@ each) and the providers/storage (between transactions). Knows nothing of gRPC.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import random
 from collections.abc import AsyncIterator, Mapping
@@ -39,6 +38,7 @@ from voiceslot.providers.base import Provider
 from voiceslot.providers.errors import ProviderError
 from voiceslot.storage.base import Storage
 from voiceslot.token_bucket import TokenBucket
+from voiceslot.waiting import cancel_and_wait, wait_at_most
 
 log = get_logger(__name__)
 
@@ -173,11 +173,7 @@ class Allocator:
         return reported
 
     async def stop(self, *, grace_s: float = 10.0) -> None:
-        for task in (self._maintenance_task, self._gauge_task):
-            if task:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        await cancel_and_wait(*(t for t in (self._maintenance_task, self._gauge_task) if t))
         await self.dispatcher.stop(grace_s=grace_s)
 
     async def _maintenance_loop(self) -> None:
@@ -371,8 +367,7 @@ class Allocator:
                 seen = (voice.state.value, voice.updated_at)
                 yield voice
                 continue
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(changed.wait(), poll_s)
+            await wait_at_most(poll_s, changed.wait())
 
     # -- admin ------------------------------------------------------------------------------
 

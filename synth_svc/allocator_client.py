@@ -25,6 +25,7 @@ from voiceslot.logs import get_logger
 from voiceslot.v1 import allocator_pb2 as pb
 from voiceslot.v1 import allocator_pb2_grpc as pb_grpc
 from voiceslot.v1 import common_pb2
+from voiceslot.waiting import cancel_and_wait
 
 log = get_logger(__name__)
 
@@ -227,9 +228,7 @@ class AllocatorClient:
                 if self._shared.get(key) is shared:
                     del self._shared[key]
                 if shared.renewer is not None:
-                    shared.renewer.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await shared.renewer
+                    await cancel_and_wait(shared.renewer)
                 await asyncio.shield(self.release(shared.active.lease_id))
 
     async def _join_or_acquire(
@@ -247,9 +246,8 @@ class AllocatorClient:
             if pending is None:
                 break
             try:
-                await asyncio.wait_for(
-                    asyncio.shield(pending), timeout=max(0.0, deadline - time.monotonic())
-                )
+                async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                    await asyncio.shield(pending)
             except Exception:  # its taker failed or our time is up: ask for ourselves
                 break
         taking: asyncio.Future[None] = asyncio.get_running_loop().create_future()

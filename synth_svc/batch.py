@@ -8,7 +8,6 @@ job and its items in one transaction: a job is never half created. Workers
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 
@@ -25,6 +24,7 @@ from voiceslot.ids import require_id
 from voiceslot.pagination import decode_token, encode_token, page_size
 from voiceslot.storage.base import Storage
 from voiceslot.text import validate_item_name, validate_text
+from voiceslot.waiting import wait_at_most
 
 
 def validate_items(
@@ -155,8 +155,7 @@ class BatchJobs:
         yield job
         while job.state not in FINISHED_JOB_STATES:
             async with self.changed:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.changed.wait(), poll_s)
+                await wait_at_most(poll_s, self.changed.wait())
             latest = await self.get(who, job_id)
             if (latest.state, latest.counts) != (job.state, job.counts):
                 job = latest

@@ -46,6 +46,7 @@ from voiceslot.providers.options import check_finite
 from voiceslot.text_stream import Piece, SentenceCutter
 from voiceslot.token_bucket import Bucket, TokenBucket
 from voiceslot.validation import language_tag
+from voiceslot.waiting import cancel_and_wait
 
 T = TypeVar("T")
 
@@ -149,7 +150,7 @@ async def speak_live(
             if turn.ended_with is not None:
                 raise turn.ended_with
         finally:
-            await _stop(tasks)  # the listener's end closes the provider's stream
+            await cancel_and_wait(*tasks)  # the listener's end closes the provider's stream
             if session is not None:
                 with contextlib.suppress(Exception):
                     await session.aclose()
@@ -273,13 +274,4 @@ async def _within(
                 watched.discard(guard)
     finally:
         if not task.done():
-            task.cancel()
-            await asyncio.wait({task})
-
-
-async def _stop(tasks: list[asyncio.Task[Any]]) -> None:
-    for task in tasks:
-        task.cancel()
-    for task in tasks:
-        with contextlib.suppress(BaseException):
-            await task
+            await cancel_and_wait(task)

@@ -36,6 +36,7 @@ from voiceslot.logs import bound_context, get_logger
 from voiceslot.providers.errors import ProviderError
 from voiceslot.storage.base import Storage
 from voiceslot.storage.retention import apply_retention
+from voiceslot.waiting import cancel_and_wait, finish_or_cancel, wait_at_most
 
 log = get_logger(__name__)
 
@@ -127,14 +128,8 @@ class BatchWorker:
         after that are handed back to the queue at once (not after their lease expires),
         without counting the attempt."""
         if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        if self._running:
-            await asyncio.wait(list(self._running), timeout=grace_s)
-        for task in list(self._running):
-            task.cancel()
-        await asyncio.gather(*self._running, return_exceptions=True)
+            await cancel_and_wait(self._task)
+        await finish_or_cancel(list(self._running), grace_s)
 
     async def run_once(self) -> int:
         """Claim what fits and start it; how many were claimed.
@@ -195,8 +190,7 @@ class BatchWorker:
                         log.info("retention removed rendered audio", objects=len(removed))
             except Exception as exc:  # a database hiccup must not end the worker
                 log.error("batch worker round failed", error=repr(exc))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.poll_s)
+            await wait_at_most(self.poll_s, self._wake.wait())
 
     async def _keep_claim(self, claim: ClaimedItem) -> None:
         while True:
@@ -221,9 +215,7 @@ class BatchWorker:
                 except Exception as again:  # the lease expires and another worker retries
                     log.error("recording a batch item's failure failed", error=repr(again))
             finally:
-                keeper.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await keeper
+                await cancel_and_wait(keeper)
                 await self.batch.notify()
 
     async def _hand_back(self, claim: ClaimedItem) -> None:

@@ -150,7 +150,8 @@ class Runtime:
 
 async def _bounded(step: str, work: Awaitable[None], timeout_s: float) -> None:
     try:
-        await asyncio.wait_for(work, timeout_s)
+        async with asyncio.timeout(timeout_s):
+            await work
     except TimeoutError:
         log.error("shutdown step timed out", step=step, timeout_s=timeout_s)
     except Exception as exc:  # shutting down anyway: record it and go on

@@ -44,6 +44,7 @@ from voiceslot.providers.errors import (
     RateLimited,
     Transient,
 )
+from voiceslot.waiting import cancel_and_wait
 
 T = TypeVar("T")
 HandshakeClassifier = Callable[[int, bytes, float | None], ProviderError]
@@ -228,24 +229,25 @@ class WsLiveSession(ABC):
             return
         self._closed = True
         if self._connecting is not None and not self._connecting.done():
-            self._connecting.cancel()
-            with contextlib.suppress(BaseException):
-                await self._connecting
+            await cancel_and_wait(self._connecting)
         ws = self._ws
         if ws is not None:
             if not self._finished_reading():
                 with contextlib.suppress(Exception):
-                    await asyncio.wait_for(self._send_cancel(), self.limits.close_timeout_s)
+                    async with asyncio.timeout(self.limits.close_timeout_s):
+                        await self._send_cancel()
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(ws.close(), self.limits.close_timeout_s)
-        if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(BaseException):
-                await self._reader
-        # Whoever iterates ``audio()`` stops now, whatever was still queued.
-        while not self._queue.empty():
-            self._queue.get_nowait()
-        self._queue.put_nowait(_END)
+                async with asyncio.timeout(self.limits.close_timeout_s):
+                    await ws.close()
+        try:
+            if self._reader is not None:
+                await cancel_and_wait(self._reader)
+        finally:
+            # Whoever iterates ``audio()`` stops now, whatever was still queued (also
+            # when this close is itself cancelled).
+            while not self._queue.empty():
+                self._queue.get_nowait()
+            self._queue.put_nowait(_END)
 
     # -- plumbing -----------------------------------------------------------------------
 
@@ -308,7 +310,8 @@ class WsLiveSession(ABC):
         try:
             while not finished:
                 try:
-                    raw = await asyncio.wait_for(ws.recv(), self.limits.idle_timeout_s)
+                    async with asyncio.timeout(self.limits.idle_timeout_s):
+                        raw = await ws.recv()
                 except TimeoutError:
                     if self._owed():
                         raise Transient(

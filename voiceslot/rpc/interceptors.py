@@ -29,6 +29,7 @@ from voiceslot.auth import KeyTable, Principal
 from voiceslot.logs import bind_call, get_logger
 from voiceslot.rpc.status import grpc_code, to_rpc_status
 from voiceslot.token_bucket import Bucket, TokenBucket
+from voiceslot.waiting import wait_at_most
 
 log = get_logger("voiceslot.rpc")
 
@@ -202,11 +203,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         core gives calls arriving during its own shutdown) and wait up to ``timeout`` for
         the calls in flight to finish. True when none is left."""
         self.draining = True
-        try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
-        except TimeoutError:
-            return False
-        return True
+        return await wait_at_most(timeout, self._idle.wait())
 
     def _enter(self) -> None:
         self._inflight += 1

@@ -530,8 +530,8 @@ async def _read_some(rpc: Any) -> int:
     replies = rpc.__aiter__()
     for read in range(STREAM_READ_LIMIT):
         try:
-            nxt = anext(replies)
-            reply = await (nxt if read == 0 else asyncio.wait_for(nxt, STREAM_IDLE_S))
+            async with asyncio.timeout(None if read == 0 else STREAM_IDLE_S):
+                reply = await anext(replies)
         except (StopAsyncIteration, TimeoutError):
             break
         largest = max(largest, len(reply))

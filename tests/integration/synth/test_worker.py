@@ -172,6 +172,19 @@ async def test_two_workers_share_a_job_without_rendering_anything_twice(make_rep
     assert set(holders.values()) == {"a", "b"}, "both replicas took part"
 
 
+async def test_a_worker_woken_as_it_is_stopped_stops(make_worker):
+    """A wake-up (an item finishing, a job created) in the same turn as ``stop()``: the
+    worker's loop ends instead of going round forever (``asyncio.wait_for`` on Python
+    3.11 dropped that cancel, and ``stop()`` hung; ``voiceslot.waiting``)."""
+    worker = make_worker(ScriptedSynthesizer(), name="w")
+    worker.start()
+    await asyncio.sleep(0.3)  # idle: parked between polls most of the time, as in production
+    worker.wake()
+    stopping = asyncio.create_task(worker.stop(grace_s=1.0))
+    done, _ = await asyncio.wait({stopping}, timeout=30)  # not wait_for: see its docstring
+    assert stopping in done, "stop() hung: the worker's loop went on after its cancel"
+
+
 async def both_hold_items(repo: JobRepository, job_id: str) -> bool:
     return set((await claimed_by(repo, job_id)).values()) >= {"a", "b"}
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import json
 import re
 from dataclasses import dataclass
@@ -58,6 +57,7 @@ from voiceslot.testing.emulator.ws_common import (
     handshake_refusal,
     render,
 )
+from voiceslot.waiting import cancel_and_wait, within
 
 CONTEXT_EXPIRY_S = 1.0
 IDLE_CLOSE_S = 300.0
@@ -158,7 +158,8 @@ class _Context:
         try:
             while True:
                 try:
-                    item = await asyncio.wait_for(self.inputs.get(), expires_in)
+                    async with asyncio.timeout(expires_in):
+                        item = await self.inputs.get()
                 except TimeoutError:
                     if buffer:  # the buffer delay ran out: speak what is there
                         await self.speak(buffer)
@@ -313,9 +314,7 @@ class _Socket:
         dropper = asyncio.create_task(self.drop.wait())
         try:
             while True:
-                receiver = asyncio.create_task(
-                    asyncio.wait_for(self.ws.receive_text(), IDLE_CLOSE_S)
-                )
+                receiver = asyncio.create_task(within(IDLE_CLOSE_S, self.ws.receive_text()))
                 done, _ = await asyncio.wait(
                     {receiver, dropper}, return_when=asyncio.FIRST_COMPLETED
                 )
@@ -332,11 +331,7 @@ class _Socket:
                 await self.handle(raw)
         finally:
             dropper.cancel()
-            for context in list(self.contexts.values()):
-                context.task.cancel()
-            for context in list(self.contexts.values()):
-                with contextlib.suppress(BaseException):
-                    await context.task
+            await cancel_and_wait(*(context.task for context in self.contexts.values()))
 
     async def handle(self, raw: str) -> None:
         try:

@@ -43,6 +43,7 @@ from voiceslot.testing.emulator.elevenlabs_ws import (
 from voiceslot.testing.emulator.live_log import Outcome
 from voiceslot.testing.emulator.state import ELEVENLABS, EmulatorError, EmulatorState, VoiceRecord
 from voiceslot.testing.emulator.ws_common import LiveFaults, SocketDropped, deny
+from voiceslot.waiting import cancel_and_wait, within
 
 MAX_CONTEXTS = 5
 DEFAULT_CONTEXT = "default"
@@ -109,9 +110,7 @@ class _MultiSocket:
     async def _next(self) -> dict[str, Any] | None:
         """The next JSON object; None when the client left, fell silent, sent garbage, or
         a context's generation dropped the connection."""
-        receive = asyncio.ensure_future(
-            asyncio.wait_for(self.ws.receive_text(), self.opened.inactivity)
-        )
+        receive = asyncio.ensure_future(within(self.opened.inactivity, self.ws.receive_text()))
         dropped = asyncio.ensure_future(self.dropped.wait())
         done, _ = await asyncio.wait({receive, dropped}, return_when=asyncio.FIRST_COMPLETED)
         dropped.cancel()
@@ -204,9 +203,7 @@ class _MultiSocket:
         context = self.contexts.pop(context_id)
         speaker = context.speaker
         idle = speaker.idle and not context.buffer.text.strip()
-        context.task.cancel()
-        with contextlib.suppress(BaseException):
-            await context.task
+        await cancel_and_wait(context.task)
         chosen: Outcome = outcome or ("finished" if idle else "cancelled")
         self.state.live.close(speaker.record, chosen)
         if final:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -60,6 +59,7 @@ from voiceslot.testing.emulator.ws_common import (
     handshake_refusal,
     render,
 )
+from voiceslot.waiting import cancel_and_wait
 
 DEFAULT_SCHEDULE = (120, 160, 250, 290)
 DEFAULT_INACTIVITY_S = 20.0
@@ -356,11 +356,7 @@ class ElevenLabsLive:
         except (WebSocketDisconnect, RuntimeError, OSError):
             pass
         finally:
-            for task in (generator, receiver):
-                task.cancel()
-            for task in (generator, receiver):
-                with contextlib.suppress(BaseException):
-                    await task
+            await cancel_and_wait(generator, receiver)
 
     async def _read_text(
         self, socket: Speaker, schedule: tuple[int, ...], inactivity: float
@@ -395,7 +391,8 @@ class ElevenLabsLive:
         """The next JSON message; None when the client left, fell silent (1008) or sent
         something that is not a JSON object (1008)."""
         try:
-            raw = await asyncio.wait_for(websocket.receive_text(), inactivity)
+            async with asyncio.timeout(inactivity):
+                raw = await websocket.receive_text()
         except TimeoutError:
             self.state.live.close(record, "expired", "inactivity timeout")
             await websocket.close(
