@@ -273,5 +273,4 @@ async def _within(
                     raise error
                 watched.discard(guard)
     finally:
-        if not task.done():
-            await cancel_and_wait(task)
+        await cancel_and_wait(task)  # nothing to do when it already ended

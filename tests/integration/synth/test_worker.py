@@ -181,7 +181,9 @@ async def test_a_worker_woken_as_it_is_stopped_stops(make_worker):
     await asyncio.sleep(0.3)  # idle: parked between polls most of the time, as in production
     worker.wake()
     stopping = asyncio.create_task(worker.stop(grace_s=1.0))
-    done, _ = await asyncio.wait({stopping}, timeout=30)  # not wait_for: see its docstring
+    # asyncio.wait, not wait_for: the old stop() swallowed wait_for's cancel at the
+    # deadline and then returned, which would have passed.
+    done, _ = await asyncio.wait({stopping}, timeout=30)
     assert stopping in done, "stop() hung: the worker's loop went on after its cancel"
 
 
