@@ -4,8 +4,10 @@
 session's context with ``continue: true`` (inputs are concatenated verbatim, so each
 carries its trailing space) and then an empty input with ``flush: true``;
 ``max_buffer_delay_ms`` is 0 because the caller hands over complete sentences. ``end``
-sends ``continue: false`` and the server answers ``done`` after the last audio; ``aclose``
-sends ``cancel: true`` for the context, then closes the socket.
+sends ``continue: false`` (also when all audio was heard, so the context ends as finished)
+and the server answers ``done`` after the last audio, or ``context_closed`` when the
+context had expired with nothing owed; ``aclose`` of an unfinished session sends
+``cancel: true`` for the context, then closes the socket.
 
 Attribution: flushes are answered in order, each ``flush_done`` after all audio of what
 came before it, so the audio up to the first ``flush_done`` speaks the first sentence, and
@@ -113,8 +115,11 @@ class CartesiaLiveSession(WsLiveSession):
         await self._send_json(self._request("", **{"continue": True, "flush": True}))
 
     async def _send_end(self) -> bool:
-        if not self._owed_sentences and (not self._context_used or self._quiet_since is not None):
-            return False  # everything was heard; the context ends (or expires) by itself
+        if not self._context_used:
+            return False  # nothing was said on this context: there is nothing to end
+        # Also when everything was heard: the context then ends at once, as finished, and
+        # is not left to expire or to be cancelled by ``aclose`` (its ``done``, or the
+        # ``context_closed`` of one that expired meanwhile, ends the session).
         async with self._send_lock:
             self._done_owed = True
             await self._send_json(self._request("", **{"continue": False}))
@@ -154,7 +159,7 @@ class CartesiaLiveSession(WsLiveSession):
             self._done_owed = False
             return out, self._ended
         elif kind == "error":
-            await self._error(message)
+            return out, await self._error(message)
         return out, False
 
     def _release(self, out: list[LiveAudio]) -> None:
@@ -179,12 +184,16 @@ class CartesiaLiveSession(WsLiveSession):
         else:
             out.append(piece)
 
-    async def _error(self, message: Mapping[str, Any]) -> None:
+    async def _error(self, message: Mapping[str, Any]) -> bool:
+        """Raise the error, or recover from an expired context; True when that ends the
+        session."""
         if message.get("error_code") != CONTEXT_CLOSED:
             error: ProviderError = self._stream_error(message)
             raise error
-        if not (self._owed_sentences or self._done_owed):
-            return
+        if not self._owed_sentences:
+            # Everything said was heard: an ``end`` that reached an expired context is met.
+            ended, self._done_owed = self._done_owed, False
+            return ended
         # The context expired before our input reached it, so none of it was spoken: say
         # it all again, in order, on a fresh context (see the module docstring). Errors
         # for the old context that follow are ignored (another context id).
@@ -194,3 +203,4 @@ class CartesiaLiveSession(WsLiveSession):
                 await self._say_on_context(text)
             if self._done_owed:
                 await self._send_json(self._request("", **{"continue": False}))
+        return False

@@ -82,6 +82,18 @@ def last_record(emu: ProviderEmulator, kind: str) -> LiveRecord:
     return emu.state.live.records(kind)[-1]
 
 
+async def last_closed_record(emu: ProviderEmulator, kind: str) -> LiveRecord:
+    """The latest session's record once the emulator has closed it: its ledger is written
+    by the emulator's own thread, which may be a moment behind what the client saw."""
+
+    def closed(records: list[LiveRecord]) -> bool:
+        mine = [record for record in records if record.provider == kind]
+        return bool(mine) and mine[-1].outcome != "open"
+
+    await wait_live(emu, closed)
+    return last_record(emu, kind)
+
+
 async def wait_live(emu: ProviderEmulator, predicate: Callable[[list[LiveRecord]], bool]) -> None:
     ok = await asyncio.to_thread(emu.state.live.wait_for, predicate, DEADLINE_S)
     assert ok, f"emulator never reached the state; it has {emu.state.live.records()}"
@@ -114,7 +126,7 @@ async def test_audio_for_each_sentence_arrives_in_order_before_the_next_is_said(
         # Each sentence's own audio, whole: the emulator speaks "<sentence> " for it.
         assert durations[index] == pytest.approx(speech_seconds(sentence + " "), abs=2 / RATE)
     assert all(piece.pcm.sample_rate == RATE and not piece.pcm.words for piece in pieces)
-    record = last_record(emu, kind)
+    record = await last_closed_record(emu, kind)
     assert record.outcome == "finished"
     assert record.text.split() == " ".join(SENTENCES).split()
 
@@ -192,7 +204,7 @@ async def test_dropped_connection_is_transient(
     finally:
         await session.aclose()
     assert len(pieces) <= 1
-    assert last_record(emu, kind).outcome == "dropped"
+    assert (await last_closed_record(emu, kind)).outcome == "dropped"
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -306,3 +318,45 @@ async def test_cartesia_says_it_again_when_the_context_expired_unnoticed(
     # the provider answers context_closed, and the sentence is said on a fresh context.
     monkeypatch.setattr(cartesia_live, "ROTATE_AFTER_S", 3600.0)
     await speak_across_an_expiry(await open_session(make_provider, "cartesia", sample), emu)
+
+
+async def say_one_and_listen(session: LiveSession, emu: ProviderEmulator) -> asyncio.Task[None]:
+    """Say one sentence and wait until the emulator has sent all of its audio (its
+    ``flush_done`` follows); the returned task drains ``audio()``."""
+    consumer = asyncio.create_task(collect(session, []))
+    await session.say(SENTENCES[0])
+    await wait_live(emu, lambda records: bool(records) and records[-1].flushes == 1)
+    return consumer
+
+
+async def test_cartesia_end_after_everything_was_heard_finishes_the_context(
+    make_provider: MakeProvider, emu: ProviderEmulator, sample: Callable[[int], bytes]
+) -> None:
+    # All audio heard before ``end``: the context is still ended as finished at the
+    # provider, neither cancelled by ``aclose`` nor left to expire.
+    session = await open_session(make_provider, "cartesia", sample)
+    try:
+        consumer = await say_one_and_listen(session, emu)
+        await asyncio.sleep(0.1)  # the flush_done reaches the session: nothing is owed
+        await session.end()
+        await asyncio.wait_for(consumer, DEADLINE_S)
+    finally:
+        await session.aclose()
+    record = await last_closed_record(emu, "cartesia")
+    assert (record.outcome, record.text.strip()) == ("finished", SENTENCES[0])
+
+
+async def test_cartesia_end_on_an_expired_context_ends_the_session(
+    make_provider: MakeProvider, emu: ProviderEmulator, sample: Callable[[int], bytes]
+) -> None:
+    # The context expired before ``end`` (and the session did not rotate): the provider's
+    # context_closed is the end, and no fresh context is opened just to end it.
+    session = await open_session(make_provider, "cartesia", sample)
+    try:
+        consumer = await say_one_and_listen(session, emu)
+        await wait_live(emu, lambda records: records[-1].outcome == "expired")
+        await session.end()
+        await asyncio.wait_for(consumer, DEADLINE_S)
+    finally:
+        await session.aclose()
+    assert [record.outcome for record in emu.state.live.records("cartesia")] == ["expired"]
