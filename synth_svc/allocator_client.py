@@ -25,7 +25,7 @@ from voiceslot.logs import get_logger
 from voiceslot.v1 import allocator_pb2 as pb
 from voiceslot.v1 import allocator_pb2_grpc as pb_grpc
 from voiceslot.v1 import common_pb2
-from voiceslot.waiting import cancel_and_wait
+from voiceslot.waiting import cancel_and_wait, finish_or_cancel
 
 log = get_logger(__name__)
 
@@ -80,24 +80,52 @@ class AllocatorClient:
         self._holder = holder
         self._shared: dict[tuple[str, str], _SharedLease] = {}
         self._pending: dict[tuple[str, str], asyncio.Future[None]] = {}
+        self._unheard: set[asyncio.Task[None]] = set()
+        """Answers still awaited for callers that stopped waiting (``_ensure``)."""
 
     def _metadata(self) -> tuple[tuple[str, str], ...]:
         # The trace context too (W3C traceparent; nothing while tracing is off), so the
         # allocator's spans join the synthesis call's trace.
         return (("authorization", f"Bearer {self._credential()}"), *telemetry.trace_metadata())
 
-    async def close(self) -> None:
+    async def close(self, *, grace_s: float = 5.0) -> None:
+        """Close the channel once the answers nobody waits for are read and their leases
+        released (``grace_s`` at most; what is left then lapses at its TTL)."""
+        await finish_or_cancel(set(self._unheard), grace_s)
         await self._channel.close()
 
     async def _ensure(self, voice_id: str, timeout: float) -> pb.EnsureActiveVoiceResponse:
-        try:
-            return await self._stub.EnsureActiveVoice(
+        # The call goes on when its caller is cancelled (a barge-in, a turn that failed
+        # while the voice was being leased): the allocator may grant the lease after we
+        # stopped listening, and a lease nobody heard of would hold the voice until its
+        # TTL. So the answer is still read, and a lease in it released at once.
+        asking = asyncio.ensure_future(
+            self._stub.EnsureActiveVoice(
                 pb.EnsureActiveVoiceRequest(voice_id=voice_id, lease_holder=self._holder),
                 metadata=self._metadata(),
                 timeout=max(0.1, timeout),
             )
+        )
+        try:
+            return await asyncio.shield(asking)
+        except asyncio.CancelledError:
+            settling = asyncio.create_task(self._release_if_granted(asking))
+            self._unheard.add(settling)
+            settling.add_done_callback(self._unheard.discard)
+            raise
         except grpc.aio.AioRpcError as exc:
             raise _as_domain_error(exc) from None
+
+    async def _release_if_granted(
+        self, asking: asyncio.Future[pb.EnsureActiveVoiceResponse]
+    ) -> None:
+        """Release the lease in an answer its caller stopped waiting for."""
+        try:
+            response = await asking
+        except grpc.aio.AioRpcError:
+            return  # no lease was granted
+        if response.HasField("ready"):
+            await self.release(response.ready.lease.lease_id)
 
     async def acquire(self, voice_id: str, *, deadline: float) -> ActiveVoice:
         """A ready voice with a lease, or an error by ``deadline`` (monotonic).
