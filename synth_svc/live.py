@@ -14,7 +14,9 @@ Several things run at once for one turn, so that none waits for another:
   starts cloning while the LLM is still writing), opens the session (the provider's own
   streaming-input API where it has one, else sentence by sentence:
   ``voiceslot.providers.live``), and encodes its audio into one container for the turn,
-  each chunk tagged with the span of text it speaks.
+  each chunk tagged with the span of text it speaks; each sentence's wait from its end
+  becoming certain to its first audio (what a voice agent waits for) is the histogram
+  ``voiceslot_live_first_audio_seconds``.
 
 A *listener* iterates the session's audio (a provider's stream is entered and left in one
 task). Every wait of the turn is raced against these tasks, so a bound exceeded, a bad
@@ -38,6 +40,7 @@ from typing import Any, TypeVar
 from synth_svc.domain import live as rules
 from synth_svc.domain.live import End, Flush, LiveChunk, LiveEvent, Span, Text
 from synth_svc.service import SENTENCE_MAX_CHARS, ChunkEncoder, Synthesizer
+from voiceslot import telemetry
 from voiceslot.config import LiveConfig
 from voiceslot.ids import require_id
 from voiceslot.providers.base import LiveAudio, LiveRequest, LiveSession
@@ -64,6 +67,8 @@ class _Turn:
     started: float
     spans: dict[int, Piece] = field(default_factory=dict)
     """The piece each index given by ``LiveSession.say`` speaks."""
+    cut_at: list[float] = field(default_factory=list)
+    """When each piece was queued for the engine (its end certain), in ``say`` order."""
     spoken_upto: int = 0
     """Turn offset up to which audio has started."""
     ended_with: Exception | None = None
@@ -127,6 +132,7 @@ async def speak_live(
             tasks.append(listener)
             sequence = 0
             span = Span(0, 0, "")
+            first_heard = -1  # the last sentence whose first audio was timed
             while True:
                 said = await _within(
                     heard.get(),
@@ -137,6 +143,11 @@ async def speak_live(
                 if said is None:
                     break
                 piece = turn.spans[said.sentence]
+                if said.sentence > first_heard:  # what a voice agent waits for
+                    first_heard = said.sentence
+                    telemetry.LIVE_FIRST_AUDIO_SECONDS.labels(active.provider).observe(
+                        time.monotonic() - turn.cut_at[said.sentence]
+                    )
                 span = Span(piece.start, piece.end, piece.source)
                 turn.spoken_upto = max(turn.spoken_upto, piece.end)
                 data = await encoder.feed(said.pcm)
@@ -185,6 +196,7 @@ async def _feed(
 
     def queue(ready: list[Piece]) -> None:
         for piece in ready:
+            turn.cut_at.append(time.monotonic())
             pieces.put_nowait(piece)
 
     # One get() outlives the timeouts: cancelling one that just took a message loses it.

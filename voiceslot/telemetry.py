@@ -361,11 +361,18 @@ SYNTH_SECONDS = Histogram(
     "Whole synthesis duration",
     ["provider", "mode"],
 )
+_FIRST_AUDIO_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4)
 SYNTH_FIRST_CHUNK_SECONDS = Histogram(
     "voiceslot_synthesis_first_chunk_seconds",
     "Time to the first streamed chunk",
     ["provider"],
-    buckets=(0.01, 0.025, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4),
+    buckets=_FIRST_AUDIO_BUCKETS,
+)
+LIVE_FIRST_AUDIO_SECONDS = Histogram(
+    "voiceslot_live_first_audio_seconds",
+    "Live turns: from a sentence's end becoming certain to its first audio",
+    ["provider"],
+    buckets=_FIRST_AUDIO_BUCKETS,
 )
 SYNTH_RTF = Histogram(
     "voiceslot_synthesis_real_time_factor",

@@ -26,6 +26,7 @@ import grpc
 import numpy as np
 import pytest
 import soundfile as sf
+from prometheus_client import REGISTRY
 
 from tests.conftest import ADMIN_KEY, ALICE_KEY, auth
 from tests.support import ensure_ready, register
@@ -202,6 +203,11 @@ def expected_spans() -> list[tuple[int, int, str]]:
     return out
 
 
+def first_audio_timings(labels: dict[str, str]) -> float:
+    count = REGISTRY.get_sample_value("voiceslot_live_first_audio_seconds_count", labels)
+    return count or 0.0
+
+
 async def speak_in_fragments(channel: grpc.aio.Channel, voice_id: str) -> None:
     """The bar: the first sentence's audio is back before the last fragment is sent;
     then every chunk in order, spans right, the whole a decodable WAV."""
@@ -250,7 +256,11 @@ async def test_fragments_in_audio_out_in_order(serve, engine: str, emulator) -> 
     # No idle flush while the test waits for the first audio (a slow engine on a loaded
     # machine): the spans checked are the sentences, not what an idle spell cut.
     channel, voice_id = await serve(engine, idle_flush_s=WAIT_S)
+    provider = {"provider": "local" if engine == "local" else f"{engine}-emu"}
+    timed_before = first_audio_timings(provider)
     await speak_in_fragments(channel, voice_id)
+    # Each sentence's wait for its first audio is on the metrics, as a voice agent sees it.
+    assert first_audio_timings(provider) == timed_before + len(SENTENCES)
     if engine != "local":
         # Through the provider's streaming-input WebSocket when its adapter has a live
         # session (voiceslot.providers.base.LiveInputProvider); sentence by sentence over
