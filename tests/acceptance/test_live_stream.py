@@ -149,10 +149,14 @@ def live_call(channel: grpc.aio.Channel) -> grpc.aio.StreamStreamCall:
     return stub.SynthesizeLive(metadata=auth(ALICE_KEY), timeout=WAIT_S)
 
 
-async def active_leases(channel: grpc.aio.Channel, voice_id: str) -> int:
+async def get_voice(channel: grpc.aio.Channel, voice_id: str) -> apb.Voice:
     stub = allocator_pb2_grpc.AllocatorServiceStub(channel)
-    voice = await stub.GetVoice(apb.GetVoiceRequest(voice_id=voice_id), metadata=auth(ADMIN_KEY))
-    return voice.voice.active_leases
+    answer = await stub.GetVoice(apb.GetVoiceRequest(voice_id=voice_id), metadata=auth(ADMIN_KEY))
+    return answer.voice
+
+
+async def active_leases(channel: grpc.aio.Channel, voice_id: str) -> int:
+    return (await get_voice(channel, voice_id)).active_leases
 
 
 async def leases_released(channel: grpc.aio.Channel, voice_id: str, when: str) -> None:
@@ -256,7 +260,7 @@ async def test_fragments_in_audio_out_in_order(serve, engine: str, emulator) -> 
     # No idle flush while the test waits for the first audio (a slow engine on a loaded
     # machine): the spans checked are the sentences, not what an idle spell cut.
     channel, voice_id = await serve(engine, idle_flush_s=WAIT_S)
-    provider = {"provider": "local" if engine == "local" else f"{engine}-emu"}
+    provider = {"provider": (await get_voice(channel, voice_id)).provider}
     timed_before = first_audio_timings(provider)
     await speak_in_fragments(channel, voice_id)
     # Each sentence's wait for its first audio is on the metrics, as a voice agent sees it.
@@ -287,8 +291,8 @@ async def test_cancel_mid_turn_releases_the_lease_at_once(serve, engine: str, em
     finally:
         emulator.state.release_streams()
     if engine != "local":
-        # Generation stopped at the provider: its WebSocket session was closed by us (the
-        # turn never sent `end`, so it cannot have finished on its own).
+        # Generation stopped at the provider: its WebSocket session was closed by us (held
+        # after its first frame, it cannot have finished on its own).
         closed = await asyncio.to_thread(
             emulator.state.live.wait_for,
             lambda records: bool(records) and not any(r.open for r in records),
