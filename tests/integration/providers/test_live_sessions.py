@@ -320,13 +320,25 @@ async def test_cartesia_says_it_again_when_the_context_expired_unnoticed(
     await speak_across_an_expiry(await open_session(make_provider, "cartesia", sample), emu)
 
 
-async def say_one_and_listen(session: LiveSession, emu: ProviderEmulator) -> asyncio.Task[None]:
-    """Say one sentence and wait until the emulator has sent all of its audio (its
-    ``flush_done`` follows); the returned task drains ``audio()``."""
+async def say_one_pause_and_end(
+    make_provider: MakeProvider,
+    sample: Callable[[int], bytes],
+    emu: ProviderEmulator,
+    pause: Callable[[], Awaitable[object]],
+) -> None:
+    """On a Cartesia session: say one sentence, wait until the emulator has sent all of its
+    audio (its ``flush_done`` follows), ``pause()``, then ``end`` and wait for ``audio()``
+    to end."""
+    session = await open_session(make_provider, "cartesia", sample)
     consumer = asyncio.create_task(collect(session, []))
-    await session.say(SENTENCES[0])
-    await wait_live(emu, lambda records: bool(records) and records[-1].flushes == 1)
-    return consumer
+    try:
+        await session.say(SENTENCES[0])
+        await wait_live(emu, lambda records: bool(records) and records[-1].flushes == 1)
+        await pause()
+        await session.end()
+        await asyncio.wait_for(consumer, DEADLINE_S)
+    finally:
+        await session.aclose()
 
 
 async def test_cartesia_end_after_everything_was_heard_finishes_the_context(
@@ -334,14 +346,8 @@ async def test_cartesia_end_after_everything_was_heard_finishes_the_context(
 ) -> None:
     # All audio heard before ``end``: the context is still ended as finished at the
     # provider, neither cancelled by ``aclose`` nor left to expire.
-    session = await open_session(make_provider, "cartesia", sample)
-    try:
-        consumer = await say_one_and_listen(session, emu)
-        await asyncio.sleep(0.1)  # the flush_done reaches the session: nothing is owed
-        await session.end()
-        await asyncio.wait_for(consumer, DEADLINE_S)
-    finally:
-        await session.aclose()
+    # The pause lets the flush_done reach the session: nothing is owed.
+    await say_one_pause_and_end(make_provider, sample, emu, lambda: asyncio.sleep(0.1))
     record = await last_closed_record(emu, "cartesia")
     assert (record.outcome, record.text.strip()) == ("finished", SENTENCES[0])
 
@@ -351,12 +357,8 @@ async def test_cartesia_end_on_an_expired_context_ends_the_session(
 ) -> None:
     # The context expired before ``end`` (and the session did not rotate): the provider's
     # context_closed is the end, and no fresh context is opened just to end it.
-    session = await open_session(make_provider, "cartesia", sample)
-    try:
-        consumer = await say_one_and_listen(session, emu)
-        await wait_live(emu, lambda records: records[-1].outcome == "expired")
-        await session.end()
-        await asyncio.wait_for(consumer, DEADLINE_S)
-    finally:
-        await session.aclose()
+    def expired() -> Awaitable[None]:
+        return wait_live(emu, lambda records: records[-1].outcome == "expired")
+
+    await say_one_pause_and_end(make_provider, sample, emu, expired)
     assert [record.outcome for record in emu.state.live.records("cartesia")] == ["expired"]
